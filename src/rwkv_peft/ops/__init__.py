@@ -1,0 +1,66 @@
+"""Kernels: WKV-7 and WKV-6 with a pure-PyTorch reference and pluggable fast backends.
+
+Public entry points take [B, T, H, N] tensors, an optional fp32 initial state [B, H, N, N] (value rows, key
+columns) and return (y, final_state). With `cu_seqlens` (B must be 1) the sequence is several documents packed
+end to end: the state restarts from `state[i]` (or zeros) at each boundary and one final state per document is
+returned, so nothing leaks between documents.
+"""
+
+import torch
+from torch import Tensor
+
+from . import registry
+from .wkv6 import wkv6_chunked, wkv6_recurrent
+from .wkv7 import wkv7_chunked, wkv7_recurrent
+
+_always = lambda device: True  # noqa: E731
+
+registry.register("wkv7", "torch", wkv7_chunked, _always)
+registry.register("wkv6", "torch", wkv6_chunked, _always)
+
+
+def _per_document(fn, cu_seqlens: Tensor, state: Tensor | None, seq_args: tuple, extra: tuple = ()):
+    """Run a backend without varlen support once per packed document and stitch the results."""
+    bounds = cu_seqlens.tolist()
+    ys, finals = [], []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        s0 = None if state is None else state[i:i + 1]
+        y, s = fn(*(x[:, lo:hi] for x in seq_args), *extra, state=s0)
+        ys.append(y)
+        finals.append(s)
+    return torch.cat(ys, dim=1), torch.cat(finals, dim=0)
+
+
+def _check_packed(r: Tensor, cu_seqlens: Tensor | None) -> None:
+    if cu_seqlens is not None and r.shape[0] != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along T), got B={r.shape[0]}")
+
+
+def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None, *,
+         cu_seqlens: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """RWKV-7 WKV. r, log_w, k, v, a, b: [B, T, H, N]; state [B, H, N, N] fp32 or None.
+
+    Returns y [B, T, H, N] (dtype of r) and the final state [B, H, N, N] fp32 ([num_docs, H, N, N] when packed).
+    """
+    _check_packed(r, cu_seqlens)
+    impl = registry.resolve("wkv7", backend, r.device)
+    if cu_seqlens is not None and impl.name == "torch":
+        return _per_document(impl.fn, cu_seqlens, state, (r, log_w, k, v, a, b))
+    if cu_seqlens is not None:
+        return impl.fn(r, log_w, k, v, a, b, state=state, cu_seqlens=cu_seqlens)
+    return impl.fn(r, log_w, k, v, a, b, state=state)
+
+
+def wkv6(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tensor | None = None, *,
+         cu_seqlens: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """RWKV-6 WKV. r, log_w, k, v: [B, T, H, N]; u: [H, N]; state [B, H, N, N] fp32 or None. Returns as `wkv7`."""
+    _check_packed(r, cu_seqlens)
+    impl = registry.resolve("wkv6", backend, r.device)
+    if cu_seqlens is not None and impl.name == "torch":
+        return _per_document(impl.fn, cu_seqlens, state, (r, log_w, k, v), (u,))
+    if cu_seqlens is not None:
+        return impl.fn(r, log_w, k, v, u, state=state, cu_seqlens=cu_seqlens)
+    return impl.fn(r, log_w, k, v, u, state=state)
+
+
+__all__ = ["wkv7", "wkv6", "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent", "wkv6_chunked", "registry"]
