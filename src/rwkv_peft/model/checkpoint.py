@@ -1,0 +1,62 @@
+"""Reading and writing flat {name: tensor} files: official `.pth` (torch zip) and `.safetensors`.
+
+Writes are atomic (a temp file in the same folder, then rename), so an interrupted save never leaves a corrupt
+file where a good one was.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load a flat tensor dict on CPU (memory-mapped where the format allows). User errors are one line."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; pass the .pth or .safetensors file inside it")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorsError, OSError) as e:
+            raise UserError(f"{path}: not a readable safetensors file ({e}); is it complete?") from None
+    try:
+        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]}); "
+                        "is it a complete .pth file?") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
+        raise UserError(f"{path}: expected a flat dict of tensors (an RWKV .pth), found {type(sd).__name__}")
+    return sd
+
+
+def write_checkpoint(sd: dict[str, Tensor], path: str | os.PathLike) -> None:
+    """Save atomically as `.safetensors` or `.pth` (by extension), each tensor contiguous and owning its data,
+    so shared storage is never saved twice and the zip format loads with mmap."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v.detach().contiguous().clone() for k, v in sd.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+            save_file(clean, tmp)
+        else:
+            torch.save(clean, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,210 @@
+"""RWKV-7 "Goose" (x070), read top to bottom: TimeMix -> ChannelMix -> Block -> RWKV7.
+
+Parameter names and shapes are the official checkpoint's, so an official `.pth` loads with strict=True:
+- token-shift mixes `att.x_r .. x_g` and `ffn.x_k` are [1, 1, C];
+- the model's own low-rank projections `w1/w2` (decay), `a1/a2` (in-context learning rate), `v1/v2` (value
+  residual), `g1/g2` (output gate) are stored as `x @ w1 @ w2`, i.e. [C, D] then [D, C], not nn.Linear layout;
+- `receptance/key/value/output` and `ffn.key/value` are nn.Linear (the layers PEFT adapters wrap);
+- block 0 carries `v0/v1/v2` too (official files have them) but never uses them.
+
+Choices that matter for parity with the official `rwkv` package: LayerNorm eps 1e-5, ln_x GroupNorm eps 64e-5,
+decay = exp(-e^{-1/2} sigmoid(w0 + tanh(x w1) w2)) computed in fp32, and the WKV state kept in fp32.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..ops import token_shift, wkv7
+from .state import RWKVState
+
+# e^{-1/2}: the largest per-step log-decay magnitude; keeps every decay in (0.545, 1).
+_DECAY_SCALE = math.exp(-0.5)
+
+
+def _round32(x: float) -> int:
+    return max(32, round(x / 32) * 32)
+
+
+@dataclass(frozen=True)
+class RWKV7Config:
+    """Sizes of an RWKV-7 model. Low-rank dims default to RWKV-LM's sizing rule; loaders read them from shapes."""
+
+    n_layer: int
+    n_embd: int
+    vocab_size: int = 65536
+    head_size: int = 64
+    dim_ffn: int = 0
+    dim_w: int = 0
+    dim_a: int = 0
+    dim_v: int = 0
+    dim_g: int = 0
+    version: ClassVar[int] = 7
+
+    def __post_init__(self):
+        C = self.n_embd
+        if C % self.head_size:
+            raise ValueError(f"n_embd {C} is not a multiple of head_size {self.head_size}")
+        defaults = dict(dim_ffn=4 * C, dim_w=_round32(1.8 * C**0.5), dim_a=_round32(1.8 * C**0.5),
+                        dim_v=_round32(1.3 * C**0.5), dim_g=128 if C == 1024 else _round32(0.6 * C**0.8))
+        for name, value in defaults.items():
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, value)
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+
+def _param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape))
+
+
+class TimeMix(nn.Module):
+    """RWKV-7 attention replacement: token shift, low-rank gates, WKV-7, GroupNorm, bonus, gated output."""
+
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+        self.layer_id, self.n_head, self.head_size = layer_id, H, N
+        self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (_param(1, 1, C) for _ in range(6))
+        self.w0, self.w1, self.w2 = _param(1, 1, C), _param(C, cfg.dim_w), _param(cfg.dim_w, C)
+        self.a0, self.a1, self.a2 = _param(1, 1, C), _param(C, cfg.dim_a), _param(cfg.dim_a, C)
+        self.v0, self.v1, self.v2 = _param(1, 1, C), _param(C, cfg.dim_v), _param(cfg.dim_v, C)
+        self.g1, self.g2 = _param(C, cfg.dim_g), _param(cfg.dim_g, C)
+        self.k_k, self.k_a, self.r_k = _param(1, 1, C), _param(1, 1, C), _param(H, N)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=64e-5)
+
+    def initial_wkv(self, n: int) -> Tensor | None:
+        """The WKV state a fresh sequence starts from: a tuned `time_state` [H, N, N] if one is attached
+        (State tuning attaches it), shared by all n sequences, else None (zeros)."""
+        time_state = getattr(self, "time_state", None)
+        return None if time_state is None else time_state.float().expand(n, -1, -1, -1)
+
+    def forward(self, x: Tensor, v_first: Tensor | None, shift: Tensor | None, wkv_state: Tensor | None,
+                cu_seqlens: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x: ln1 output [B, T, C]; v_first: layer 0's values [B, T, C] (None in layer 0); shift [B, C];
+        wkv_state [B, H, N, N] fp32. Returns (delta for the residual, v_first, new shift, new WKV state)."""
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+        d = token_shift(x, shift, cu_seqlens) - x
+        xr, xw, xk, xv, xa, xg = (x + d * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        w_raw = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
+        log_w = -_DECAY_SCALE * torch.sigmoid(w_raw.float())
+        if self.layer_id == 0:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+        iclr = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+
+        # kk (the removal key) is built from k BEFORE the iclr rescaling below.
+        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1)
+        k = k * (1 + (iclr - 1) * self.k_a)
+        heads = lambda t: t.view(B, T, H, N)  # noqa: E731
+        y, wkv_state = wkv7(heads(r), heads(log_w), heads(k), heads(v), -kk, kk * heads(iclr), wkv_state,
+                            cu_seqlens=cu_seqlens, backend=backend)
+
+        y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
+        bonus = (heads(r) * heads(k) * self.r_k).sum(-1, keepdim=True) * heads(v)
+        y = y + bonus.view(B, T, C)
+        return self.output(y * g), v_first, x[:, -1], wkv_state
+
+
+class ChannelMix(nn.Module):
+    """RWKV-7 FFN: token shift, squared ReLU, no gate."""
+
+    def __init__(self, cfg: RWKV7Config):
+        super().__init__()
+        self.x_k = _param(1, 1, cfg.n_embd)
+        self.key = nn.Linear(cfg.n_embd, cfg.dim_ffn, bias=False)
+        self.value = nn.Linear(cfg.dim_ffn, cfg.n_embd, bias=False)
+
+    def forward(self, x: Tensor, shift: Tensor | None, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x: ln2 output [B, T, C]. Returns (delta for the residual, new shift [B, C])."""
+        xk = x + (token_shift(x, shift, cu_seqlens) - x) * self.x_k
+        return self.value(torch.relu(self.key(xk)) ** 2), x[:, -1]
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        if layer_id == 0:
+            # LayerNorm of the embedding, stored under block 0 in official files.
+            self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.att = TimeMix(cfg, layer_id)
+        self.ffn = ChannelMix(cfg)
+
+    def forward(self, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, backend):
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        dx, v_first, att_shift, wkv_state = self.att(self.ln1(x), v_first, att_shift, wkv_state, cu_seqlens, backend)
+        x = x + dx
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, cu_seqlens)
+        return x + dx, v_first, att_shift, wkv_state, ffn_shift
+
+
+class RWKV7(nn.Module):
+    """The whole model. `backend` picks the WKV implementation ("auto", "torch", "fla", ...); `grad_cp`
+    recomputes each block's activations in the backward pass instead of storing them."""
+
+    def __init__(self, cfg: RWKV7Config):
+        super().__init__()
+        self.config = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.backend = "auto"
+        self.grad_cp = False
+
+    def hidden(self, tokens: Tensor, state: RWKVState | None = None,
+               cu_seqlens: Tensor | None = None) -> tuple[Tensor, RWKVState]:
+        """tokens [B, T] -> final hidden states after ln_out [B, T, C], and the state after the last token.
+
+        state None starts every sequence fresh (zeros, or the tuned time_state). With cu_seqlens (B = 1) each
+        packed document starts fresh; the returned WKV states are then one per document.
+        """
+        x = self.emb(tokens)
+        n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+        v_first = None
+        new = RWKVState([], [], [])
+        for i, block in enumerate(self.blocks):
+            att_shift = ffn_shift = None
+            wkv_state = block.att.initial_wkv(n_seq)
+            if state is not None:
+                att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
+            args = (x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
+            if self.grad_cp and self.training and torch.is_grad_enabled():
+                x, v_first, att_shift, wkv_state, ffn_shift = checkpoint(block, *args, use_reentrant=False)
+            else:
+                x, v_first, att_shift, wkv_state, ffn_shift = block(*args)
+            new.att_shift.append(att_shift)
+            new.wkv.append(wkv_state)
+            new.ffn_shift.append(ffn_shift)
+        return self.ln_out(x), new
+
+    def forward(self, tokens: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+        """tokens [B, T] -> logits [B, T, V]."""
+        return self.head(self.hidden(tokens, cu_seqlens=cu_seqlens)[0])
+
+    def forward_with_state(self, tokens: Tensor, state: RWKVState | None = None) -> tuple[Tensor, RWKVState]:
+        """tokens [B, T], state from a previous call (or None) -> (logits [B, T, V], state after the last token)."""
+        x, new = self.hidden(tokens, state)
+        return self.head(x), new
