@@ -6,6 +6,7 @@ file where a good one was.
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -28,12 +29,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorsError, OSError) as e:
             raise UserError(f"{path}: not a readable safetensors file ({e}); is it complete?") from None
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"PK"):
+        # torch's zip format; a file cut short loses the zip directory at its end.
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path}: truncated or corrupt .pth (the zip directory at its end is missing); "
+                            "download or copy it again")
+        mmap = True
+    elif magic[:1] == b"\x80":
+        mmap = False  # the legacy pickle format, which cannot be memory-mapped
+    else:
+        raise UserError(f"{path}: not a PyTorch checkpoint or safetensors file "
+                        f"({'empty file' if not magic else 'unrecognised content'})")
     try:
-        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        sd = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]}); "
-                        "is it a complete .pth file?") from None
+        raise UserError(f"{path}: cannot read this checkpoint ({reason[:160]}); is the file complete?") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):

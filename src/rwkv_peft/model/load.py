@@ -67,28 +67,33 @@ def check_against(cfg: Config, source: str, **given: int) -> None:
                             f"drop the flag (sizes are read from the checkpoint) or pick the right file")
 
 
-def model_from_state_dict(sd: dict[str, Tensor], source: str = "checkpoint",
-                          device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
-    """Build and strictly load a model. Every key must be used and every needed key present."""
+def validate_state_dict(sd: dict[str, Tensor], source: str = "checkpoint") -> Config:
+    """The config of a complete, well-formed model file: every needed key present with the right shape and no
+    strangers. Raises UserError naming the first problem."""
     cfg = infer_config(sd, source)
-    model = build_model(cfg)
-    expected = model.state_dict().keys()
+    expected = {k: v.shape for k, v in build_model(cfg).state_dict().items()}
     missing = [k for k in expected if k not in sd and k not in _V7_OPTIONAL]
-    unexpected = [k for k in sd if k not in expected]
     if missing:
         raise UserError(f"{source}: missing {len(missing)} tensor(s) an RWKV-{cfg.version} model with "
                         f"{cfg.n_layer} layers needs, e.g. {missing[0]}; the file may be truncated or damaged")
+    unexpected = [k for k in sd if k not in expected]
     if unexpected:
         raise UserError(f"{source}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
                         "if this is a merged or adapter file, say which (see `rwkv-peft info`)")
-    for k in _V7_OPTIONAL:
-        if k in expected and k not in sd:
-            sd = dict(sd)
-            sd[k] = torch.zeros(model.get_parameter(k).shape, dtype=sd["emb.weight"].dtype)
     for k, v in sd.items():
-        want = model.get_parameter(k).shape
-        if v.shape != want:
-            raise UserError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(want)} for this model size")
+        if v.shape != expected[k]:
+            raise UserError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k])} "
+                            "for this model size")
+    return cfg
+
+
+def model_from_state_dict(sd: dict[str, Tensor], source: str = "checkpoint",
+                          device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
+    """Build and strictly load a model (see `validate_state_dict`)."""
+    model = build_model(validate_state_dict(sd, source))
+    absent = [k for k in _V7_OPTIONAL if k not in sd and k in model.state_dict()]
+    if absent:
+        sd = dict(sd) | {k: torch.zeros(model.get_parameter(k).shape, dtype=sd["emb.weight"].dtype) for k in absent}
     model.load_state_dict(sd, strict=True, assign=True)
     model.to(device=device, dtype=dtype)
     return model
