@@ -47,7 +47,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
     base_sd = read_checkpoint(base)
     base_only, base_state = split_state(base_sd)
     cfg = validate_state_dict(base_only, str(base))
-    out = dict(base_sd)
+    out = {k: v if dtype is None else v.to(dtype) for k, v in base_sd.items()}
     summary = {"output": str(output), "method": "state", "layers": 0, "parts": 0, "state": False}
     states = {}
     if adapter is not None:

@@ -177,11 +177,12 @@ def check_against_base(adapter: AdapterFile, base_sd: Mapping[str, Tensor], base
         have = {k: getattr(cfg, k) for k in _BASE_DIMS}
         if want != have:
             raise UserError(f"{adapter.path} was trained on a different base ({_dims(want)}); {base_name} is "
-                            f"{_dims(have)}")
+                            f"{_dims(have)}; use the base it was trained on")
         if check_fingerprint and adapter.base.get("fingerprint") != base_fingerprint(base_sd):
             raise UserError(f"{adapter.path} was trained on another base with the same dims (fingerprint "
                             f"{adapter.base.get('fingerprint')}, {base_name} is {base_fingerprint(base_sd)}); "
-                            "use the base it was trained on, or --ignore_base_fingerprint if you are sure")
+                            "use the base it was trained on, or if you are sure, --ignore_base_fingerprint "
+                            "(check_fingerprint=False)")
     if adapter.layers:
         expected = {f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in adapter.targets}
         extra, missing = sorted(set(adapter.layers) - expected), sorted(expected - set(adapter.layers))
