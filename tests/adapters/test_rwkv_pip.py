@@ -81,7 +81,7 @@ def test_state_file_injected_in_rwkv_package(trained, version):
     pip_state = injected_state(t.adapter_path, version)
     pip_logits, pip_state = pip.forward(prompt, copy.deepcopy(pip_state))
     torch.testing.assert_close(pip_logits.float(), logits[0, -1], atol=PIP_ATOL, rtol=0)
-    for i, (ours_s, pip_s) in enumerate(zip(state.to_pip_list(version), pip_state)):
+    for i, (ours_s, pip_s) in enumerate(zip(state.to_pip_list(version), pip_state, strict=True)):
         torch.testing.assert_close(pip_s.float(), ours_s.float(), atol=PIP_ATOL, rtol=0, msg=f"state slot {i}")
     pip_step, _ = pip.forward([next_token], pip_state)
     torch.testing.assert_close(pip_step.float(), step_logits[0, -1], atol=PIP_ATOL, rtol=0)

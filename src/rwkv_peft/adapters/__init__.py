@@ -14,8 +14,15 @@ For a training loop:
 from .apply import apply_adapter, mount_adapter, mount_state
 from .base import AdapterLinear, adapter_layers, default_targets, resolve_targets
 from .flags import spec_from_flags
-from .io import (base_fingerprint, base_info, load_adapter_weights, read_pissa_init, save_adapter,
-                 trainable_parameters, write_pissa_init)
+from .io import (
+    base_fingerprint,
+    base_info,
+    load_adapter_weights,
+    read_pissa_init,
+    save_adapter,
+    trainable_parameters,
+    write_pissa_init,
+)
 from .lora import LoraConfig, LoraLinear
 from .merge import merge
 from .miss import BatLinear, BoneLinear, MissConfig

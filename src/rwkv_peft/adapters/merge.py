@@ -60,7 +60,8 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
                 init_A, init_B = (t.to(device, torch.float32) for t in a.pissa_init[module])
                 weight = pissa_residual(weight, init_A, init_B, a.spec.layer.scaling)
             tensors = {k: v.to(device, torch.float32) for k, v in tensors.items()}
-            out[key] = METHODS[a.spec.method].merge_weight(weight, tensors, a.spec.layer).to("cpu", dtype or base_sd[key].dtype)
+            merged = METHODS[a.spec.method].merge_weight(weight, tensors, a.spec.layer)
+            out[key] = merged.to("cpu", dtype or base_sd[key].dtype)
         for key, value in a.parts.items():
             out[key] = value.to(dtype or base_sd[key].dtype)
         states = a.state

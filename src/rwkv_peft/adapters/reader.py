@@ -47,7 +47,7 @@ class AdapterFile:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(block_relative(m) for m in self.layers))
+        return _targets(self.layers)
 
     def tensors(self) -> dict[str, Tensor]:
         """Back to the file's flat {key: tensor}."""
@@ -67,6 +67,11 @@ def split_adapter(sd: Mapping[str, Tensor]) -> tuple[dict[str, dict[str, Tensor]
         else:
             parts[key] = value
     return layers, state, parts
+
+
+def _targets(layers: Mapping[str, object]) -> tuple[str, ...]:
+    """Block-relative names of the adapted modules, in file order: ("att.key", "ffn.value", ...)."""
+    return tuple(dict.fromkeys(block_relative(m) for m in layers))
 
 
 def _detect(layers: dict[str, dict[str, Tensor]], source: str) -> str | None:
@@ -121,7 +126,7 @@ def _check_config(spec: AdapterSpec, detected: str | None, layers, state, source
         r = _rank(detected, layers, source)
         if r != spec.layer.r:
             raise UserError(f"{source}: adapter_config.json says r={spec.layer.r} but the tensors have rank {r}")
-        found = tuple(dict.fromkeys(block_relative(m) for m in layers))
+        found = _targets(layers)
         if set(found) != set(spec.targets):
             raise UserError(f"{source}: adapter_config.json targets {list(spec.targets)} but the file adapts "
                             f"{list(found)}")
@@ -202,9 +207,11 @@ def check_against_base(adapter: AdapterFile, base_sd: Mapping[str, Tensor], base
     if adapter.state:
         check_state(adapter.state, cfg, adapter.path)
     for key, value in adapter.parts.items():
-        if key not in base_sd or base_sd[key].shape != value.shape:
-            raise UserError(f"{adapter.path}: {key} {tuple(value.shape)} is "
-                            f"{'not a tensor of' if key not in base_sd else 'shaped differently in'} {base_name}")
+        if key not in base_sd:
+            raise UserError(f"{adapter.path}: {key} is neither an adapter tensor nor a tensor of {base_name}")
+        if base_sd[key].shape != value.shape:
+            raise UserError(f"{adapter.path}: {key} has shape {tuple(value.shape)}, {base_name} has "
+                            f"{tuple(base_sd[key].shape)}; the adapter is for another base")
 
 
 def _dims(d: dict) -> str:
@@ -226,7 +233,7 @@ def describe_adapter(sd: Mapping[str, Tensor], path: str | os.PathLike) -> dict 
         "kind": "adapter", "method": method if config or method != "lora" else "lora (or pissa; no config)",
         "r": _rank(detected, layers, str(path)) if detected else None,
         "alpha": config.get("alpha") if config else None,
-        "targets": list(dict.fromkeys(block_relative(m) for m in layers)),
+        "targets": list(_targets(layers)),
         "n_layer": max(blocks) + 1 if blocks else None, "state": bool(state),
         "train_part_tensors": len(parts), "params": sum(v.numel() for v in sd.values()),
         "dtype": str(next(iter(sd.values())).dtype).removeprefix("torch."),
