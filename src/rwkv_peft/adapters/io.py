@@ -49,7 +49,8 @@ def base_fingerprint(sd: Mapping[str, Tensor]) -> str:
     for k in _PROBES:
         if k in sd:
             flat = sd[k].reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, _PROBE_COUNT).long()
+            # Integer arithmetic: a float linspace rounds past the end for tensors over 2^24 elements.
+            idx = torch.arange(_PROBE_COUNT) * (flat.numel() - 1) // (_PROBE_COUNT - 1)
             h.update(flat[idx].to(torch.bfloat16).view(torch.int16).numpy().tobytes())
     return "sha256:" + h.hexdigest()[:32]
 
