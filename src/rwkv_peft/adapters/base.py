@@ -73,7 +73,7 @@ class AdapterLinear(nn.Module):
 
 
 def block_relative(module_name: str) -> str:
-    """"blocks.3.att.key" -> "att.key"."""
+    """Module name -> its name inside the block: blocks.3.att.key -> att.key."""
     return module_name.split(".", 2)[2]
 
 
@@ -96,7 +96,7 @@ def resolve_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
         if not hits:
             raise UserError(f"target {target!r} matches no layer; valid targets are linear layers inside a "
                             f"block, e.g. {', '.join(default_targets(model.config.version))}")
-        odd = [n for n in hits if not isinstance(model.get_submodule(n), (nn.Linear, AdapterLinear))]
+        odd = [n for n in hits if not isinstance(model.get_submodule(n), nn.Linear)]
         if odd:
             raise UserError(f"target {target!r} matches {odd[0]}, which is not a linear layer")
         names += [n for n in hits if n not in names]
@@ -109,10 +109,7 @@ def inject(model: nn.Module, names: Sequence[str], make_layer: Callable[[str, nn
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        linear = getattr(parent, child)
-        if isinstance(linear, AdapterLinear):
-            raise UserError(f"{name} already carries an adapter; apply one adapter per model")
-        setattr(parent, child, make_layer(name, linear))
+        setattr(parent, child, make_layer(name, getattr(parent, child)))
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:

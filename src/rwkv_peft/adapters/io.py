@@ -95,10 +95,11 @@ def read_config(adapter_path: str | os.PathLike) -> dict | None:
 
 def write_pissa_init(model: nn.Module, proj_dir: str | os.PathLike) -> Path:
     """Save the PiSSA layers' initial factors as `proj_dir/init_pissa.pth` (RWKV-PEFT's keys)."""
+    layers = {name: layer for name, layer in adapter_layers(model).items() if hasattr(layer, "init_lora_A")}
+    if not layers:
+        raise UserError("write_pissa_init: this model has no PiSSA layers")
     sd = {}
-    for name, layer in adapter_layers(model).items():
-        if not hasattr(layer, "init_lora_A"):
-            raise UserError("write_pissa_init: this model has no PiSSA layers")
+    for name, layer in layers.items():
         sd[f"model.{name}.init_lora_A"] = layer.init_lora_A
         sd[f"model.{name}.init_lora_B"] = layer.init_lora_B
     path = Path(proj_dir) / PISSA_INIT_NAME
@@ -115,17 +116,21 @@ def read_pissa_init(path: str | os.PathLike) -> dict[str, tuple[Tensor, Tensor]]
             raise UserError(f"{path}: unexpected key {key}; a PiSSA init file holds "
                             "<module>.init_lora_A / .init_lora_B (optionally prefixed model.)")
         found.setdefault(m.group(1), {})[m.group(2)] = value.float()
+    if not found:
+        raise UserError(f"{path}: holds no PiSSA factors")
     broken = [name for name, ab in found.items() if len(ab) != 2]
-    if broken or not found:
-        raise UserError(f"{path}: {'no factors' if not found else f'{broken[0]} lacks init_lora_A or _B'}")
+    if broken:
+        raise UserError(f"{path}: {broken[0]} lacks init_lora_A or init_lora_B; the file is incomplete")
     return {name: (ab["A"], ab["B"]) for name, ab in found.items()}
 
 
 def save_adapter(model: nn.Module, spec: AdapterSpec, proj_dir: str | os.PathLike, epoch: int,
                  base: str | os.PathLike | dict) -> Path:
-    """Write `rwkv-{epoch}.pth` (+ config, + standalone state for state+adapter, + PiSSA init if absent).
+    """Write `rwkv-{epoch}.pth` (+ config, + standalone state for state+adapter, + PiSSA init).
 
     base: the base checkpoint's path, or `base_info(path)` computed once. Returns the adapter file's path.
+    The PiSSA init file is rewritten from the model every time, so a stale one left in proj_dir by another run
+    can never be paired with this adapter.
     """
     proj_dir = Path(proj_dir)
     proj_dir.mkdir(parents=True, exist_ok=True)
@@ -136,9 +141,7 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, proj_dir: str | os.PathLik
         write_checkpoint(state_tensors(model), proj_dir / f"rwkv-{epoch}-state.pth")
     pissa_name = None
     if spec.method == "pissa":
-        pissa_name = PISSA_INIT_NAME
-        if not (proj_dir / PISSA_INIT_NAME).exists():
-            write_pissa_init(model, proj_dir)
+        pissa_name = write_pissa_init(model, proj_dir).name
     targets = list(dict.fromkeys(block_relative(n) for n in adapter_layers(model)))
     try:
         version = metadata.version("rwkv-peft")
