@@ -52,6 +52,14 @@ def check_merged(base_sd: dict, merged: dict, expected_weight):
             assert torch.equal(merged[k], base_sd[k] + 0.5 if k in TRAINED_LN else base_sd[k]), k
 
 
+def check_mount_matches_merge(base_path, adapter, merged, **options):
+    """Mounting the file (no merge) computes what the merged file holds."""
+    tokens = torch.arange(40).view(2, 20)
+    with torch.no_grad():
+        mounted = load_model(base_path, adapter=adapter, **options)(tokens)
+        assert rel_err(load_model(merged)(tokens), mounted) <= MERGE_RTOL
+
+
 def test_lora_merges_with_given_alpha(base, tmp_path):
     path, base_sd = base
     r, alpha = 8, 32
@@ -60,11 +68,7 @@ def test_lora_merges_with_given_alpha(base, tmp_path):
     merge(path, tmp_path / "rwkv-3.pth", tmp_path / "merged.pth", lora_alpha=alpha)
     check_merged(base_sd, read_checkpoint(tmp_path / "merged.pth"),
                  lambda m, W: W + alpha / r * sd[f"{m}.lora_B"].double() @ sd[f"{m}.lora_A"].double())
-    # Mounting the same file computes what the merged file holds.
-    tokens = torch.arange(40).view(2, 20)
-    with torch.no_grad():
-        mounted = load_model(path, adapter=tmp_path / "rwkv-3.pth", lora_alpha=alpha)(tokens)
-        assert rel_err(load_model(tmp_path / "merged.pth")(tokens), mounted) <= MERGE_RTOL
+    check_mount_matches_merge(path, tmp_path / "rwkv-3.pth", tmp_path / "merged.pth", lora_alpha=alpha)
 
 
 @pytest.mark.parametrize("prefix", ["model.", ""], ids=["model-prefix", "no-prefix"])
@@ -85,6 +89,8 @@ def test_pissa_merges_with_init_file(base, tmp_path, prefix):
         return W - B0 @ A0 + sd[f"{m}.lora_B"].double() @ sd[f"{m}.lora_A"].double()
 
     check_merged(base_sd, read_checkpoint(tmp_path / "merged.pth"), pissa)
+    check_mount_matches_merge(path, tmp_path / "rwkv-0.pth", tmp_path / "merged.pth",
+                              pissa_init=tmp_path / "init_pissa.pth")
 
 
 def test_bone_merges_by_its_formula_with_ragged_blocks(base, tmp_path):
@@ -102,6 +108,7 @@ def test_bone_merges_by_its_formula_with_ragged_blocks(base, tmp_path):
         return W
 
     check_merged(base_sd, read_checkpoint(tmp_path / "merged.pth"), bone)
+    check_mount_matches_merge(path, tmp_path / "rwkv-0.pth", tmp_path / "merged.pth")
 
 
 def test_bat_merges_by_its_formula(base, tmp_path):
@@ -120,6 +127,7 @@ def test_bat_merges_by_its_formula(base, tmp_path):
         return out
 
     check_merged(base_sd, read_checkpoint(tmp_path / "merged.pth"), bat)
+    check_mount_matches_merge(path, tmp_path / "rwkv-0.pth", tmp_path / "merged.pth")
 
 
 def test_state_file_merges_like_merge_state(base, tmp_path):
@@ -131,6 +139,10 @@ def test_state_file_merges_like_merge_state(base, tmp_path):
     merged = read_checkpoint(tmp_path / "merged.pth")
     assert list(merged) == list(base_sd) + list(state)
     assert all(torch.equal(merged[k], v) for k, v in (base_sd | state).items())
+    tokens = torch.arange(40).view(2, 20)
+    with torch.no_grad():
+        mounted = load_model(path, state=tmp_path / "state.pth")(tokens)
+        assert torch.equal(load_model(tmp_path / "merged.pth")(tokens), mounted)
 
 
 def test_bf16_base_gives_bf16_merge_cast_once(tmp_path):
