@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from rwkv_peft.model.tokenizer import EOD, VOCAB_SIZE, Tokenizer
+from rwkv_peft.model.tokenizer import EOD, VOCAB_SIZE
 
 SAMPLE = [
     "Today is a beautiful day. 今天是美好的一天。",
@@ -16,11 +16,6 @@ SAMPLE = [
     "", " ", "\n", "\n\n", "\n\n\n\n", "\x00\x01", "a" * 300, "Ünïcödé façade crème brûlée",
     "".join(chr(c) for c in (0x7F, 0x80, 0x7FF, 0x800, 0xFFFD, 0x10000, 0x1F600, 0x10FFFF)),
 ]
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer()
 
 
 @pytest.fixture(scope="module")
