@@ -1,0 +1,85 @@
+"""The language-model loss: cross entropy through the output head, computed in row chunks so that the full
+[B, T, V] logits (4 GB in fp32 for 16k tokens of the 65536-token World vocabulary) never exist at once.
+
+Only positions with a label (not -100) go through the head at all: padding and masked prompt tokens cost nothing
+there. For each chunk of rows the forward pass computes the logits, the loss, and at once their gradients with
+respect to the hidden states and (if it trains) the head weight; backward only scales what was stored. Memory:
+one chunk of logits plus a gradient the size of the inputs.
+
+The returned loss is sum(CE) / `normalizer` (the number of trained tokens in the optimizer step, so micro-batches
+and chunks of one step add up to the step's mean). It also carries RWKV's L2Wrap: the gradient of the largest
+logit at each position gets an extra `1e-4 * max_logit / normalizer`, pulling logits towards 0 so they cannot
+drift upwards, i.e. a penalty 1e-4/2 * mean(max_logit^2) that is not included in the reported value.
+RWKV-PEFT divides by B*T and applies it to padding too; here it covers trained tokens only, and it scales with
+the incoming gradient (loss scaling, accumulation), which RWKV-PEFT's did not.
+"""
+
+import torch
+from torch import Tensor
+
+IGNORE = -100
+L2WRAP = 1e-4
+# Rows per chunk: 2^26 logits (256 MB in fp32) for the World vocabulary, at least one row.
+_CHUNK_LOGITS = 1 << 26
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """sum(CE(x @ W^T, y)) / normalizer with L2Wrap, gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, normalizer: float, compute_dtype: torch.dtype,
+                want_grad: bool, chunk_rows: int) -> Tensor:
+        need_x = want_grad and x.requires_grad
+        need_w = want_grad and weight.requires_grad
+        w = weight.to(compute_dtype)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        rows = torch.arange(min(chunk_rows, x.shape[0]), device=x.device)
+        for lo in range(0, x.shape[0], chunk_rows):
+            xc, yc = x[lo:lo + chunk_rows].to(compute_dtype), targets[lo:lo + chunk_rows]
+            n = yc.shape[0]
+            logits = (xc @ w.t()).float()                                       # [n, V]
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, yc[:, None])[:, 0]).sum()
+            if not (need_x or need_w):
+                continue
+            top, top_idx = logits.max(dim=-1)
+            grad = logits.sub_(lse[:, None]).exp_()                             # softmax, in place
+            grad[rows[:n], yc] -= 1.0
+            grad[rows[:n], top_idx] += L2WRAP * top
+            grad = grad.div_(normalizer).to(compute_dtype)
+            if need_x:
+                grad_x[lo:lo + n] = (grad @ w).to(x.dtype)
+            if need_w:
+                grad_w += (grad.t() @ xc).float()
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total / normalizer
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        gx = None if grad_x is None else grad_x * grad_out.to(grad_x.dtype)
+        gw = None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype)
+        return gx, gw, None, None, None, None, None
+
+
+def head_loss(hidden: Tensor, weight: Tensor, labels: Tensor, normalizer: float,
+              compute_dtype: torch.dtype = torch.float32) -> tuple[Tensor, int]:
+    """Loss of the trained positions: (sum(CE)/normalizer as a 0-d tensor with gradient, trained token count).
+
+    hidden: [B, T, C] after ln_out; weight: the head [V, C]; labels: [B, T] with -100 for untrained positions;
+    compute_dtype: the head matmul's dtype (bf16/fp16 under mixed precision); softmax is always fp32.
+    """
+    flat = labels.reshape(-1)
+    keep = flat != IGNORE
+    n = int(keep.sum())
+    if n == 0:
+        # Keep the graph connected so that backward still runs (and reaches every rank's collective).
+        return hidden.sum() * 0.0, 0
+    x = hidden.reshape(-1, hidden.shape[-1])[keep]
+    want_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    chunk_rows = max(1, _CHUNK_LOGITS // weight.shape[0])
+    loss = _HeadCrossEntropy.apply(x, weight, flat[keep], float(normalizer), compute_dtype, want_grad, chunk_rows)
+    return loss, n
