@@ -1,0 +1,280 @@
+"""The training loop: setup, step, evaluate, save. `train(cfg)` runs a whole job and returns its summary.
+
+Units. An epoch is `epoch_steps` micro-batches of all devices together (epoch_steps x micro_bsz samples, the
+seeds' "mini-epoch"); it has epoch_steps / (devices x accumulate_grad_batches) optimizer steps. `step` below
+always counts optimizer steps since the run's beginning (epoch_begin epochs count as done), and the schedule,
+--warmup_steps, --max_steps and --checkpoint_every use that unit. The data loader streams through the data
+independently of epochs (reshuffled at every pass), so consecutive epochs see new samples, not the same first
+epoch_steps x micro_bsz ones.
+
+One optimizer step: fetch accumulate_grad_batches micro-batches, count their trained tokens N, run forward and
+backward on each with loss sum(CE)/N (so the step's gradient is the token-mean over all of them), unscale
+(fp16), clip, check for NaN/inf, step. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the
+last) and `checkpoint-last/`.
+"""
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import adapters
+from ..errors import UserError
+from .checkpoint import DIR_NAME as CHECKPOINT_DIR
+from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .dist import DistInfo, resolve_device
+from .eval import evaluate, sample
+from .infctx import infctx_backward
+from .loss import head_loss
+from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
+from .optim import apply_schedule
+from .session import Session, build_session
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient became NaN/inf; raised before the bad update is applied."""
+
+
+@dataclass
+class RunSummary:
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    peak_mem_mb: float
+    files: list[str] = field(default_factory=list)
+    val: dict | None = None
+
+    def text(self) -> str:
+        rate = self.tokens / max(self.seconds, 1e-9) / 1000
+        lines = [f"done: {self.steps} steps, {self.tokens:,} trained tokens in {self.seconds:.0f}s ({rate:.2f} Kt/s), "
+                 f"final loss {self.final_loss:.4f}, peak memory {self.peak_mem_mb:.0f} MB"]
+        if self.val:
+            lines.append(f"validation: loss {self.val['loss']:.4f}, perplexity {self.val['ppl']:.2f}")
+        lines += ["files:"] + [f"  {f}" for f in self.files]
+        return "\n".join(lines)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Trainer:
+    """One run. Construction does the setup (model, adapter, data, optimizer, resume); `fit()` trains."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.dist = DistInfo.current()
+        self.device = resolve_device(cfg.run.accelerator, cfg.run.devices, cfg.run.num_nodes, self.dist)
+        self.seed = cfg.run.random_seed if cfg.run.random_seed >= 0 else random.SystemRandom().randrange(2**31)
+        torch.manual_seed(self.seed)
+        folder = find_checkpoint(cfg.run.resume, cfg.run.proj_dir)
+        self.resume: ResumePoint | None = read_checkpoint_folder(folder) if folder else None
+        self.s: Session = build_session(cfg, self.device, self.dist, self.seed, self.resume)
+        s = self.s
+        self.step = s.start_step
+        self.tokens, self.elapsed = 0, 0.0
+        self.last_saved: int | None = None
+        self.last_loss, self.last_val, self.adapter_file = math.nan, None, None
+        if self.resume is not None:
+            self._restore(self.resume)
+        self.log = RunLogger(s.proj_dir, self.dist.is_main, cfg.log.progress, cfg.log.log_every, self.step,
+                             s.end_step, cfg.log.wandb, cfg.log.tensorboard)
+
+    def _restore(self, point: ResumePoint) -> None:
+        s, m = self.s, point.manifest
+        adapters.load_adapter_weights(s.model, point.trainable)
+        try:
+            s.optimizer.load_state_dict(point.state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{point.path}: its optimizer state does not fit this run ({e}); resume with the "
+                            "settings it was made with, or start a new --proj_dir") from None
+        if s.scaler is not None and point.state.get("scaler"):
+            s.scaler.load_state_dict(point.state["scaler"])
+        s.loader.load_state_dict(m["loader"])
+        set_rng_state(point.state["rng"], self.device)
+        self.step, self.tokens, self.elapsed = point.step, m["tokens"], m["seconds"]
+        self.last_saved = point.step
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> RunSummary:
+        s, cfg = self.s, self.cfg
+        self.log.start(s.describe(self.step, self.resume.path if self.resume else None),
+                       cfg.to_dict() | {"resolved": s.resolved})
+        batches = iter(s.loader)
+        self.started = time.time() - self.elapsed
+        try:
+            while self.step < s.end_step:
+                record = self.train_step(batches)
+                at_epoch_end = self.step % s.steps_per_epoch == 0
+                val_due = (self.step % cfg.log.val_every == 0) if cfg.log.val_every else at_epoch_end
+                if s.val_data is not None and (val_due or self.step == s.end_step):
+                    record |= self.validate()
+                self.log.step(record)
+                if at_epoch_end:
+                    self.save(epoch_file=self._epoch_file_due(self.step // s.steps_per_epoch - 1))
+                elif cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+                    self.save(epoch_file=False)
+            if self.last_saved != self.step:
+                self.save(epoch_file=True)
+            self.elapsed = time.time() - self.started
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                self.log.echo(f"interrupted at step {self.step}; {self._last_good()}; --resume auto continues "
+                              "from there", log=True)
+            self._plot()
+            self.log.close()
+            raise
+        self._plot()
+        summary = self._finish()
+        self.log.close()
+        return summary
+
+    def train_step(self, batches) -> dict:
+        """One optimizer step; returns its metrics record. Raises TrainingDiverged before a bad update."""
+        s, cfg = self.s, self.cfg
+        t0 = time.time()
+        lr = apply_schedule(s.optimizer, s.schedule, self.step)
+        micro = [next(batches).to(self.device, non_blocking=True) for _ in range(cfg.optim.accumulate_grad_batches)]
+        n_tokens = sum(b.num_tokens for b in micro)
+        normalizer = max(1, n_tokens)
+        loss = sum(self.forward_backward(b, normalizer) for b in micro) / normalizer
+        grad_norm = self._unscale_and_clip()
+        if not math.isfinite(loss) or (s.scaler is None and not math.isfinite(grad_norm)):
+            self._diverged(loss, grad_norm)
+        if s.scaler is not None:
+            s.scaler.step(s.optimizer)  # skips the update itself when fp16 gradients overflowed
+            s.scaler.update()
+        else:
+            s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += n_tokens
+        self.last_loss = loss
+        seconds = time.time() - t0
+        return {"step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": loss, "lr": lr,
+                "grad_norm": grad_norm, "tokens": self.tokens, "kt_s": n_tokens / max(seconds, 1e-9) / 1000,
+                "peak_mem_mb": round(peak_memory_mb(self.device), 1), "time": round(time.time() - self.started, 3)}
+
+    def forward_backward(self, batch, normalizer: int) -> float:
+        """Backward of one micro-batch's share of the step loss; returns its sum of CE."""
+        s = self.s
+        scale = s.scaler.get_scale() if s.scaler is not None else 1.0
+        if s.chunk_ctx:
+            return infctx_backward(s.model, batch.input_ids, batch.labels, s.chunk_ctx, normalizer, s.precision,
+                                   scale)[0]
+        with s.precision.autocast():
+            hidden, _ = s.model.hidden(batch.input_ids, cu_seqlens=batch.cu_seqlens)
+        loss, _ = head_loss(hidden, s.model.head.weight, batch.labels, normalizer, s.precision.compute_dtype)
+        if loss.requires_grad:
+            (loss * scale).backward()
+        return float(loss.detach()) * normalizer
+
+    def _unscale_and_clip(self) -> float:
+        s = self.s
+        if s.scaler is not None:
+            s.scaler.unscale_(s.optimizer)
+        max_norm = self.cfg.optim.gradient_clip_val or math.inf
+        return float(torch.nn.utils.clip_grad_norm_(s.trainable, max_norm))
+
+    def _last_good(self) -> str:
+        if self.last_saved is None:
+            return "no checkpoint had been written yet"
+        return f"checkpoint-last (step {self.last_saved}) and the rwkv-*.pth files written so far are intact"
+
+    def _diverged(self, loss: float, grad_norm: float) -> None:
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
+        o = self.cfg.optim
+        tips = [f"a lower --lr_init (now {o.lr_init:g})"]
+        if self.s.precision.name == "fp16":
+            tips.append("--precision bf16 (fp16 overflows easily)")
+        if not o.gradient_clip_val:
+            tips.append("--gradient_clip_val 1.0")
+        tips += ["more --warmup_steps", "checking the data of this step"]
+        raise TrainingDiverged(f"step {self.step + 1}: {what}; stopped without applying the update. "
+                               f"{self._last_good()}. Try {', '.join(tips)}; --resume auto continues from the "
+                               "last checkpoint")
+
+    # ---------------------------------------------------------------- evaluate and save
+    def validate(self) -> dict:
+        """Validation loss/perplexity (and samples) now; returns the fields added to the step's record."""
+        s, cfg = self.s, self.cfg
+        result = evaluate(s.model, s.val_data, cfg.data.micro_bsz, s.precision, self.device, cfg.log.val_batches,
+                          s.chunk_ctx, self.dist)
+        self.last_val = result.as_dict()
+        self.log.echo(f"validation @ step {self.step}: loss {result.loss:.4f}, perplexity {result.ppl:.2f} "
+                      f"({result.tokens:,} tokens)", log=True)
+        if cfg.log.sample_prompts and self.dist.is_main:
+            texts = sample(s.model, s.tokenizer(), cfg.log.sample_prompts, cfg.log.sample_tokens, s.precision)
+            for prompt, text in zip(cfg.log.sample_prompts, texts):
+                self.log.echo(f"sample @ step {self.step}: {prompt!r} -> {text!r}", log=True)
+        return {"val_loss": result.loss, "val_ppl": result.ppl}
+
+    def _epoch_file_due(self, epoch: int) -> bool:
+        every = self.cfg.schedule.epoch_save
+        return (every > 0 and epoch % every == 0) or epoch == self.cfg.schedule.epoch_count - 1
+
+    def save(self, epoch_file: bool) -> None:
+        """checkpoint-last, and with epoch_file the adapter file of the current epoch (rank 0 writes)."""
+        s = self.s
+        self.last_saved = self.step
+        if not self.dist.is_main:
+            return
+        if epoch_file:
+            epoch = max(0, self.step - 1) // s.steps_per_epoch
+            self.adapter_file = adapters.save_adapter(s.model, s.spec, s.proj_dir, epoch, s.base_info)
+            self.log.echo(f"saved {self.adapter_file}", log=True)
+        state = {"optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict() if s.scaler else None,
+                 "rng": rng_state(self.device)}
+        manifest = {"epoch": self.step // s.steps_per_epoch, "loader": s.loader.state_dict(), "tokens": self.tokens,
+                    "seconds": time.time() - self.started, "identity": s.identity, "seed": self.seed}
+        save_checkpoint(s.proj_dir, self.step, adapters.trainable_parameters(s.model), state, manifest,
+                        s.model if s.spec.method == "pissa" else None)
+
+    def _plot(self) -> None:
+        if not (self.cfg.log.plot and self.dist.is_main and (self.s.proj_dir / METRICS).exists()):
+            return
+        try:
+            plot_curves(self.s.proj_dir / METRICS, self.s.proj_dir / PLOT, f"{self.s.proj_dir.name}: "
+                        f"{self.s.resolved['method']}")
+        except ImportError:
+            self.log.echo("no loss_curve.png: matplotlib is not installed (pip install matplotlib)", log=True)
+
+    def _finish(self) -> RunSummary:
+        s = self.s
+        files = []
+        if self.adapter_file is not None:
+            files.append(f"{self.adapter_file}  <- the {s.spec.method} weights (+ adapter_config.json)")
+            if s.spec.method == "pissa":
+                files.append(f"{s.proj_dir / 'init_pissa.pth'}  <- needed to merge PiSSA")
+        files.append(f"{s.proj_dir / CHECKPOINT_DIR}/  <- resume with --resume auto")
+        files += [str(s.proj_dir / name) for name in (METRICS, TRAIN_LOG, PLOT) if (s.proj_dir / name).exists()]
+        summary = RunSummary(self.step, self.tokens, self.elapsed, self.last_loss,
+                             peak_memory_mb(self.device), files, self.last_val)
+        text = summary.text()
+        if self.adapter_file is not None:
+            text += "\n" + next_steps(s.spec.method, self.cfg.model.load_model, self.adapter_file)
+        self.log.echo(text, log=True)
+        return summary
+
+
+def next_steps(method: str, base: str, adapter: Path) -> str:
+    """What to run next with the file a run wrote."""
+    if method == "none":
+        return f"next: rwkv-peft generate --model {adapter} --chat --prompt 'Hello'"
+    mount = "--state" if method == "state" else "--adapter"
+    merged = adapter.with_name(f"{adapter.stem}-merged.pth")
+    return (f"next: rwkv-peft generate --model {base} {mount} {adapter} --chat --prompt 'Hello'\n"
+            f"      rwkv-peft merge --base_model {base} --peft_checkpoint {adapter} --output {merged}")
+
+
+def train(cfg: TrainConfig) -> RunSummary:
+    """Run the training job `cfg` describes."""
+    return Trainer(cfg).fit()

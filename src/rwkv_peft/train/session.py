@@ -1,0 +1,190 @@
+"""Everything a run is made of, built from the config: the base model with its adapter, the data, the step
+counts, the optimizer and schedule. Checks against the checkpoint and the data happen here, before any step.
+
+The seams to the layers below are few: `model.load` (read and build the base), `adapters.spec_from_flags` /
+`apply_adapter` / `trainable_parameters` / `base_info` (what trains), `data.build_dataset` / `BatchLoader`
+(what it trains on).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import adapters
+from ..data import BatchLoader, TokenDataset, build_dataset
+from ..errors import UserError
+from ..model import read_checkpoint
+from ..model.load import check_against, model_from_state_dict
+from ..model.tokenizer import Tokenizer
+from ..ops import registry
+from .checkpoint import ResumePoint
+from .config import TrainConfig
+from .dist import DistInfo
+from .optim import GroupRates, build_optimizer, state_rates
+from .precision import Precision
+from .schedule import Schedule
+
+
+@dataclass
+class Session:
+    proj_dir: Path
+    precision: Precision
+    model: nn.Module
+    spec: adapters.AdapterSpec
+    base_info: dict
+    identity: dict
+    trainable: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: "torch.amp.GradScaler | None"
+    schedule: Schedule
+    loader: BatchLoader
+    val_data: TokenDataset | None
+    steps_per_epoch: int
+    start_step: int
+    end_step: int
+    chunk_ctx: int
+    resolved: dict
+    notes: list[str] = field(default_factory=list)
+    _tokenizer: Tokenizer | None = None
+
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer()
+        return self._tokenizer
+
+    def describe(self, step: int, resumed_from: Path | None) -> str:
+        """A few lines saying what this run does (printed at the start and kept in train_log.txt)."""
+        r = self.resolved
+        lines = [f"rwkv-peft train: RWKV-{r['version']} L{r['n_layer']} C{r['n_embd']} V{r['vocab_size']} "
+                 f"({r['load_model']}) | {r['method']} | {r['trainable_params']:,} trainable parameters "
+                 f"({r['trainable_pct']:.2f}%)",
+                 f"data: {r['data_file']}: {r['documents']:,} documents, {r['data_tokens']:,} tokens | ctx_len "
+                 f"{r['ctx_len']}{' in chunks of ' + str(self.chunk_ctx) if self.chunk_ctx else ''} | micro_bsz "
+                 f"{r['micro_bsz']} x accumulate {r['accumulate']} x {r['world_size']} device(s)",
+                 f"schedule: {self.schedule.kind}, {r['steps_per_epoch']} steps/epoch x {r['epoch_count']} epochs = "
+                 f"{r['total_steps']} steps; this run: step {step} -> {self.end_step}"
+                 + (f" (resumed from {resumed_from})" if resumed_from else ""),
+                 f"precision {self.precision.name} on {r['device']}, seed {r['seed']}, outputs in {self.proj_dir}/"]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def _adapter_flags(cfg: TrainConfig) -> dict:
+    """The adapter section in the form adapters.spec_from_flags reads (absent train_parts: the default)."""
+    flags = dict(vars(cfg.adapter))
+    if flags["train_parts"] is None:
+        del flags["train_parts"]
+    return flags
+
+
+def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> nn.Module:
+    m = cfg.model
+    base, state = adapters.split_state(read_checkpoint(m.load_model))
+    if state:
+        raise UserError(f"{m.load_model} carries merged time_state tensors; train from the plain base model and "
+                        "mount the state with --state instead")
+    model = model_from_state_dict(base, m.load_model, device, precision.frozen_dtype)
+    mc = model.config
+    check_against(mc, m.load_model, n_layer=m.n_layer, n_embd=m.n_embd, vocab_size=m.vocab_size,
+                  head_size=m.head_size_a, dim_ffn=m.dim_ffn)
+    dim_att = mc.dim_att if mc.version == 6 else mc.n_embd
+    if m.dim_att and m.dim_att != dim_att:
+        raise UserError(f"--dim_att {m.dim_att} disagrees with {m.load_model}, which has dim_att={dim_att}; "
+                        "drop the flag (sizes are read from the checkpoint)")
+    if m.my_testing and m.my_testing != f"x0{mc.version}0":
+        raise UserError(f"--my_testing {m.my_testing} but {m.load_model} is an RWKV-{mc.version} "
+                        f"(x0{mc.version}0) model; drop the flag (the version is read from the checkpoint)")
+    known = registry.backends(f"wkv{mc.version}")
+    if m.op not in ("auto", *known):
+        raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
+                        "drop --op to pick the best available")
+    model.backend, model.grad_cp = m.op, m.grad_cp
+    return model
+
+
+def _data(cfg: TrainConfig, seed: int, tokenizer: Tokenizer | None, data_file: str, data_type: str,
+          vocab_size: int) -> TokenDataset:
+    d = cfg.data
+    ds = build_dataset(data_file, data_type, tokenizer, d.ctx_len, d.loss_mask, d.dataload, seed,
+                       d.skip_bad_records, d.magic_prime or None)
+    if vocab_size < 65536 and len(ds.stream.tokens) and int(ds.stream.tokens.max()) >= vocab_size:
+        raise UserError(f"{data_file} holds token ids up to {int(ds.stream.tokens.max())}, but the model's "
+                        f"vocabulary has {vocab_size}; it was tokenized for another model")
+    return ds
+
+
+def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: int,
+                  resume: ResumePoint | None) -> Session:
+    """Set up a run; with `resume`, the adapter is rebuilt exactly as that checkpoint's (PiSSA factors)."""
+    notes = []
+    precision = Precision(cfg.run.precision, device)
+    precision.configure_backends()
+    if cfg.adapter.quant != "none":
+        raise UserError(f"--quant {cfg.adapter.quant}: quantized training is not in this build yet; drop --quant")
+    model = _load_base(cfg, device, precision)
+    spec = adapters.spec_from_flags(_adapter_flags(cfg))
+    adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
+    named = adapters.trainable_parameters(model)
+    if not named:
+        raise UserError("nothing to train: the adapter settings leave every parameter frozen")
+    for p in named.values():
+        p.data = p.data.float()  # the optimizer's master copy; the frozen base stays in its compact dtype
+    model.train()
+    info = adapters.base_info(cfg.model.load_model)
+    identity = {"adapter": repr((spec.method, spec.layer, spec.state, spec.targets, spec.train_parts)),
+                "base": info["fingerprint"]}
+    if resume is not None and resume.manifest.get("identity") != identity:
+        raise UserError(f"{resume.path} was written by a run with other adapter settings or another base model "
+                        f"({resume.manifest.get('identity')} vs {identity}); use the same settings, or a new "
+                        "--proj_dir for a new run")
+
+    text_data = cfg.data.data_type != "binidx" or cfg.data.loss_mask == "qa"
+    tokenizer = Tokenizer() if text_data or cfg.log.sample_prompts else None
+    vocab = model.config.vocab_size
+    train_data = _data(cfg, seed, tokenizer if text_data else None, cfg.data.data_file, cfg.data.data_type, vocab)
+    val_data = None
+    if cfg.data.val_file:
+        val_type = cfg.data.val_data_type or cfg.data.data_type
+        val_data = _data(cfg, seed, tokenizer if val_type != "binidx" else None, cfg.data.val_file, val_type, vocab)
+    if not cfg.data.data_shuffle:
+        notes.append("--data_shuffle 0 is not supported: samples are taken in a seeded shuffled order")
+    loader = BatchLoader(train_data, cfg.data.micro_bsz, dist.rank, dist.world_size, seed=seed)
+
+    s, o = cfg.schedule, cfg.optim
+    micro_per_step = dist.world_size * o.accumulate_grad_batches
+    steps_per_epoch = s.epoch_steps // micro_per_step
+    if steps_per_epoch == 0:
+        raise UserError(f"--epoch_steps {s.epoch_steps} is smaller than devices x accumulate_grad_batches = "
+                        f"{micro_per_step}; an epoch must hold at least one optimizer step")
+    if s.epoch_steps % micro_per_step:
+        notes.append(f"epoch_steps {s.epoch_steps} is not a multiple of {micro_per_step}; an epoch is "
+                     f"{steps_per_epoch * micro_per_step} micro-batches")
+    total = s.epoch_count * steps_per_epoch
+    start = resume.step if resume else s.epoch_begin * steps_per_epoch
+    end = min(total, s.max_steps) if s.max_steps else total
+
+    only_state = all(adapters.is_state_param(n) for n in named)
+    st_init, st_final = state_rates(o.lr_init, o.lr_final, o.state_lr_init, o.state_lr_final, only_state)
+    if spec.state and only_state and o.lr_init < 0.01:
+        notes.append(f"State tuning at lr_init {o.lr_init:g}: the seeds advise --lr_init 1 --lr_final 0.01 "
+                     "--warmup_steps 10 (a state needs a far higher rate than weights)")
+    optimizer = build_optimizer(named, GroupRates(o.lr_init, o.lr_final, st_init, st_final), (o.beta1, o.beta2),
+                                o.adam_eps, o.weight_decay, o.layerwise_lr, fused=True if device.type == "cuda" else None)
+    schedule = Schedule(s.lr_schedule, total, s.warmup_steps, s.decay_fraction)
+
+    n_trainable = sum(p.numel() for p in named.values())
+    n_total = sum(p.numel() for p in model.parameters())
+    mc = model.config
+    resolved = {"load_model": cfg.model.load_model, "version": mc.version, "n_layer": mc.n_layer,
+                "n_embd": mc.n_embd, "vocab_size": vocab, "head_size": mc.head_size,
+                "method": spec.method + (f" + parts {','.join(spec.train_parts)}" if spec.train_parts else ""),
+                "trainable_params": n_trainable, "trainable_pct": 100 * n_trainable / n_total,
+                "data_file": cfg.data.data_file, "documents": train_data.num_docs, "data_tokens": train_data.data_size,
+                "ctx_len": cfg.data.ctx_len, "micro_bsz": cfg.data.micro_bsz, "accumulate": o.accumulate_grad_batches,
+                "world_size": dist.world_size, "steps_per_epoch": steps_per_epoch, "epoch_count": s.epoch_count,
+                "total_steps": total, "device": str(device), "seed": seed,
+                "state_lr": [st_init, st_final] if spec.state else None}
+    return Session(Path(cfg.run.proj_dir), precision, model, spec, info, identity, list(named.values()), optimizer,
+                   precision.grad_scaler(), schedule, loader, val_data, steps_per_epoch, start, end,
+                   cfg.data.chunk_ctx if cfg.adapter.train_type == "infctx" else 0, resolved, notes, tokenizer)
