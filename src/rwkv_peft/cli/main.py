@@ -6,10 +6,11 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import generate, info, merge
+from . import demo, generate, info, merge, train
+from . import eval as evaluate
 
 # Each module exposes `add_parser(subparsers)` registering its subcommand with `func=run`.
-COMMANDS = [info, generate, merge]
+COMMANDS = [train, evaluate, merge, generate, info, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,59 @@
+"""`rwkv-peft train`: fine-tune with the seeds' flags, a recipe, or both.
+
+    rwkv-peft train --load_model base.pth --data_file data.jsonl --peft lora --lora_config '{"lora_r":32}' ...
+    rwkv-peft train --config recipes/rwkv7-0.4b/lora.yaml load_model=base.pth data_file=data.jsonl
+
+Every config leaf is a flag of the same name (generated from the config tree, so the two never disagree);
+`key=value` overrides (dotted `optim.lr_init=1e-4` or bare `lr_init=1e-4`) come after the flags.
+"""
+
+import argparse
+
+EXAMPLE = """examples:
+  rwkv-peft train --load_model RWKV-x070-World-0.4B.pth --data_file data.jsonl --data_type jsonl \\
+      --proj_dir out/lora --ctx_len 1024 --micro_bsz 4 --epoch_steps 1000 --epoch_count 4 \\
+      --lr_init 2e-5 --lr_final 2e-5 --precision bf16 --grad_cp 1 --peft lora \\
+      --lora_config '{"lora_r":32,"lora_alpha":64,"lora_dropout":0.01}'
+  rwkv-peft train --config recipes/rwkv7-0.4b/state.yaml load_model=base.pth data_file=emoji.jsonl
+  rwkv-peft train ... --resume auto          (continue proj_dir/checkpoint-last after a stop)
+"""
+
+
+def add_parser(sub) -> None:
+    from ..train.config import LEAVES, SECTIONS
+
+    p = sub.add_parser("train", help="fine-tune a model (LoRA, PiSSA, MiSS/DiSHA, State tuning, full)",
+                       description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="recipe YAML (sections model/data/adapter/optim/schedule/run/log)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings overriding the recipe and flags")
+    p.add_argument("--fla", action="store_true", default=argparse.SUPPRESS, help="legacy spelling of --op fla")
+    for section in SECTIONS:
+        group = p.add_argument_group(section)
+        for name, (where, f, tp) in LEAVES.items():
+            if where != section:
+                continue
+            kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata["help"], "metavar": name.upper()}
+            if tp is bool:
+                kwargs.update(nargs="?", const="1", metavar="0|1")
+            elif name == "train_parts":
+                kwargs.update(nargs="*", metavar="PART")
+            elif name == "sample_prompts":
+                kwargs.update(action="append", dest=name, metavar="PROMPT")
+                group.add_argument("--sample_prompt", **kwargs)
+                continue
+            if f.metadata.get("choices"):
+                kwargs["metavar"] = "|".join(f.metadata["choices"])
+            group.add_argument(f"--{name}", **kwargs)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train import build_config, train
+    from ..train.config import LEAVES
+
+    flags = {name: value for name, value in vars(args).items() if name in LEAVES}
+    if getattr(args, "fla", False):
+        flags.setdefault("op", "fla")
+    train(build_config(flags, args.config, args.overrides))
+    return 0
