@@ -23,11 +23,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     if path.is_dir():
         raise UserError(f"{path}: is a directory; pass the .pth or .safetensors file inside it")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError) as e:
+        except (SafetensorError, OSError) as e:
             raise UserError(f"{path}: not a readable safetensors file ({e}); is it complete?") from None
     with open(path, "rb") as f:
         magic = f.read(4)
