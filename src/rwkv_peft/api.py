@@ -1,26 +1,28 @@
 """The stable Python API (`rwkv_peft.load_model`, `rwkv_peft.merge`, `rwkv_peft.describe`), composed from the
-layers below. The CLI calls these same functions."""
+layers below. The CLI calls these same functions. `merge` is `rwkv_peft.adapters.merge.merge`."""
 
 import os
-import re
 
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from . import adapters
+from .adapters.merge import merge
+from .adapters.reader import describe_adapter
+from .adapters.state import is_state_param, split_state
 from .model import read_checkpoint
-from .model.load import load_base, validate_state_dict
+from .model.load import model_from_state_dict, validate_state_dict
 
-_STATE_KEY = re.compile(r"^blocks\.(\d+)\.att\.time_state$")
+__all__ = ["load_model", "merge", "describe", "describe_state_dict"]
 
 
 def describe_state_dict(sd: dict[str, Tensor], source: str = "file") -> dict:
-    """What a tensor dict is: a base model, a tuned state, or (see adapters) an adapter."""
-    if sd and all(_STATE_KEY.match(k) for k in sd):
+    """What a tensor dict is: a base model (possibly with a merged time_state) or a tuned state."""
+    if sd and all(is_state_param(k) for k in sd):
         H, N, _ = next(iter(sd.values())).shape
         return {"kind": "state", "n_layer": len(sd), "n_head": H, "head_size": N, "n_embd": H * N,
                 "dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
-    base = {k: v for k, v in sd.items() if not _STATE_KEY.match(k)}
+    base = split_state(sd)[0]
     cfg = validate_state_dict(base, source)
     params = sum(v.numel() for v in base.values())
     info = {"kind": "model", "version": cfg.version, "arch": f"x0{cfg.version}0", "n_layer": cfg.n_layer,
@@ -39,17 +41,30 @@ def describe_state_dict(sd: dict[str, Tensor], source: str = "file") -> dict:
 
 def describe(path: str | os.PathLike) -> dict:
     """`rwkv-peft info`: a JSON-able description of a model, adapter or state file."""
-    return {"file": str(path), **describe_state_dict(read_checkpoint(path), str(path))}
+    sd = read_checkpoint(path)
+    return {"file": str(path), **(describe_adapter(sd, path) or describe_state_dict(sd, str(path)))}
 
 
 def load_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None,
                state: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-               dtype: torch.dtype | None = torch.float32) -> torch.nn.Module:
+               dtype: torch.dtype | None = torch.float32, *, lora_alpha: float | None = None,
+               pissa_init: str | os.PathLike | None = None, check_fingerprint: bool = True) -> torch.nn.Module:
     """Load an official checkpoint, optionally mounting an adapter and/or a tuned state without merging.
 
-    Returns an RWKV7/RWKV6 module in eval mode: `model(tokens [B, T]) -> logits [B, T, V]`,
-    `model.forward_with_state(tokens, state) -> (logits, state)`.
+    adapter: an adapter file (`rwkv-N.pth` with its adapter_config.json, or a RWKV-PEFT file: then
+    `lora_alpha` for LoRA and `pissa_init` for PiSSA); state: a state file. A base that already carries
+    `time_state` tensors (a merged state) starts from them. Returns an RWKV7/RWKV6 module in eval mode:
+    `model(tokens [B, T]) -> logits [B, T, V]`, `model.forward_with_state(tokens, state) -> (logits, state)`.
     """
-    if adapter is not None or state is not None:
-        raise UserError("mounting adapters and states needs the adapters package (not installed in this build)")
-    return load_base(path, device=device, dtype=dtype)
+    sd = read_checkpoint(path)
+    base_sd, merged_state = split_state(sd)
+    model = model_from_state_dict(base_sd, str(path), device, dtype)
+    if merged_state:
+        adapters.attach_state(model, merged_state)
+    if adapter is not None:
+        adapters.mount_adapter(model, adapter, base_sd, str(path), lora_alpha=lora_alpha, pissa_init=pissa_init,
+                               check_fingerprint=check_fingerprint)
+    if state is not None:
+        adapters.mount_state(model, state)
+    return model.eval()
+

@@ -8,6 +8,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", "--load_model", "--base_model", dest="model", required=True, help="base .pth")
     p.add_argument("--adapter", "--peft_checkpoint", dest="adapter", help="adapter file (rwkv-N.pth) to mount")
     p.add_argument("--state", help="tuned state file to mount")
+    p.add_argument("--lora_alpha", type=float, help="alpha of a RWKV-PEFT LoRA adapter (ours record it)")
+    p.add_argument("--lora_init", help="init_pissa.pth of a RWKV-PEFT PiSSA adapter")
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--chat", action="store_true", help='wrap the prompt as "User: ...\\n\\nAssistant:" and stop '
                    'at a blank line')
@@ -33,7 +35,8 @@ def run(args) -> int:
     from ..model.tokenizer import Tokenizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model = load_model(args.model, adapter=args.adapter, state=args.state, device=args.device, dtype=dtype)
+    model = load_model(args.model, adapter=args.adapter, state=args.state, device=args.device, dtype=dtype,
+                       lora_alpha=args.lora_alpha, pissa_init=args.lora_init)
     prompt, stop = args.prompt, list(args.stop)
     if args.chat:
         prompt, stop = f"User: {prompt}\n\nAssistant:", stop + ["\n\n"]

@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import generate, info
+from . import generate, info, merge
 
 # Each module exposes `add_parser(subparsers)` registering its subcommand with `func=run`.
-COMMANDS = [info, generate]
+COMMANDS = [info, generate, merge]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,79 @@
+"""Putting an adapter on a model: for training (`apply_adapter`) and for inference without merging (`mount_*`).
+
+`apply_adapter` freezes the base, wraps the target linears, attaches the tuned state, and marks trainable
+exactly the adapter tensors, the states and the train_parts. With no adapter, no state and no train_parts
+it is full fine-tuning: everything trains.
+"""
+
+import os
+from dataclasses import replace
+from typing import Mapping
+
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..model import read_checkpoint
+from .base import adapter_layers, default_targets, inject, resolve_targets
+from .io import load_adapter_weights, read_pissa_init
+from .lora import LoraConfig
+from .parts import part_parameter_names
+from .reader import check_against_base, read_adapter
+from .spec import AdapterSpec
+from .state import attach_state, check_state, split_state
+
+
+def apply_adapter(model: nn.Module, spec: AdapterSpec,
+                  pissa_init: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> None:
+    """Adapt `model` in place for training with `spec`.
+
+    PiSSA runs its SVD here, on the weights' device, unless initial factors come from `pissa_init` ({module:
+    (A0, B0)}) or `spec.pissa_init` (a file): resumed runs and every rank but the first must reuse the
+    factors of the first, because the randomized SVD gives different ones each time. Then `spec.load`
+    (RWKV-PEFT's lora_load / load / pissa_load), if set, is loaded strictly.
+    """
+    if adapter_layers(model):
+        raise UserError("this model already carries an adapter; apply one adapter per model")
+    if spec.is_full_finetune:
+        model.requires_grad_(True)
+        return
+    model.requires_grad_(False)
+    if spec.layer is not None:
+        names = resolve_targets(model, spec.targets or default_targets(model.config.version))
+        init = {}
+        if isinstance(spec.layer, LoraConfig) and spec.layer.pissa:
+            init = dict(pissa_init or (read_pissa_init(spec.pissa_init) if spec.pissa_init else {}))
+            lacking = [n for n in names if n not in init]
+            if init and lacking:
+                raise UserError(f"PiSSA init factors lack {lacking[0]}; the init file is for other targets")
+        inject(model, names, lambda name, linear: spec.layer.make_layer(linear, init.get(name)))
+    if spec.state:
+        attach_state(model)
+    for name in part_parameter_names(model, spec.train_parts):
+        model.get_parameter(name).requires_grad_(True)
+    if spec.load:
+        load_adapter_weights(model, spec.load)
+
+
+def mount_adapter(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[str, Tensor], base_name: str, *,
+                  lora_alpha: float | None = None, pissa_init: str | os.PathLike | None = None,
+                  check_fingerprint: bool = True) -> None:
+    """Mount an adapter file (ours or RWKV-PEFT's) on the model built from `base_sd`, without merging.
+
+    Checks the adapter against the base first (dims, fingerprint, shapes). The model stays adapted: its
+    wrapped layers compute base + adapter on the fly, exactly as in training.
+    """
+    adapter = read_adapter(path, lora_alpha=lora_alpha, pissa_init=pissa_init)
+    check_against_base(adapter, split_state(base_sd)[0], base_name, check_fingerprint)
+    spec = replace(adapter.spec, targets=adapter.targets or None, load=None, pissa_init=None)
+    apply_adapter(model, spec, pissa_init=adapter.pissa_init)
+    load_adapter_weights(model, adapter.tensors())
+
+
+def mount_state(model: nn.Module, path: str | os.PathLike) -> None:
+    """Mount a state file (exactly L `blocks.i.att.time_state` [H, N, N]) as the model's initial state."""
+    rest, state = split_state(read_checkpoint(path))
+    if rest or not state:
+        example = next(iter(rest), "no time_state keys")
+        raise UserError(f"{path}: not a state file ({example}); pass adapters with adapter=... / --adapter")
+    check_state(state, model.config, str(path))
+    attach_state(model, state)

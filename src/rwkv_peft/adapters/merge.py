@@ -1,0 +1,82 @@
+"""Adapter (and/or state) + base -> one ordinary `.pth`, tensor by tensor (the base stays memory-mapped).
+
+Rules of the output (rwkv-reference.md §3): the base's key set and key order, every merged weight computed in
+fp32 from the base tensor and cast once to the base tensor's dtype (or `dtype`), train_parts tensors replace
+their base tensors, no adapter keys. The formulas are the layers' own `merge_weight`:
+- LoRA:  W + (alpha / r) B A
+- PiSSA: W - s B0 A0 + s B A (s = alpha / r, 1 for RWKV-PEFT files), exact given init_pissa.pth
+- bone:  W + D^T tiled over the input blocks;  bat: W + W_ab D_b + D_b per block
+- state: like RWKV-PEFT's merge_state.py, the `blocks.i.att.time_state` keys are added to the file. The `rwkv`
+  pip v6 class starts from them; its v7 class ignores them, so for v7 mount the standalone state file
+  (`rwkv-peft generate --state`, Runner, Ai00) or inject it (see state.py).
+Merging a quantized run (the base rounded as in training) needs the quant extra, not available yet.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..model import read_checkpoint, write_checkpoint
+from ..model.load import validate_state_dict
+from .lora import pissa_residual
+from .reader import check_against_base, read_adapter
+from .spec import METHODS
+from .state import check_state, split_state
+
+
+def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: str | os.PathLike, *,
+          state: str | os.PathLike | None = None, method: str | None = None, lora_alpha: float | None = None,
+          pissa_init: str | os.PathLike | None = None, quant: str | None = None, dtype: torch.dtype | None = None,
+          device: str = "cpu", check_fingerprint: bool = True) -> dict:
+    """Write base + adapter (+ state) to `output`; return a summary {output, method, layers, parts, state}.
+
+    adapter: our `rwkv-N.pth` (its adapter_config.json gives method, rank, alpha) or a RWKV-PEFT file (then
+    `lora_alpha` for LoRA, `pissa_init` for PiSSA); state: a state file to add; method: an expected RWKV-PEFT
+    `--type`, checked against the file; dtype: None keeps each base tensor's dtype.
+    """
+    if quant not in (None, "none"):
+        raise UserError(f"merging a --quant {quant} run needs the quant extra (pip install 'rwkv-peft[quant]'), "
+                        "which this build does not have yet; merge with --quant none to use the unrounded base")
+    if adapter is None and state is None:
+        raise UserError("nothing to merge: give an adapter (--peft_checkpoint) and/or a state (--state_checkpoint)")
+    inputs = [Path(p).resolve() for p in (base, adapter, state, pissa_init) if p is not None]
+    if Path(output).resolve() in inputs:
+        raise UserError(f"--output {output} is one of the inputs; write the merged model to a new file")
+    base_sd = read_checkpoint(base)
+    base_only, base_state = split_state(base_sd)
+    cfg = validate_state_dict(base_only, str(base))
+    out = {k: v if dtype is None else v.to(dtype) for k, v in base_sd.items()}
+    summary = {"output": str(output), "method": "state", "layers": 0, "parts": 0, "state": False}
+    states = {}
+    if adapter is not None:
+        a = read_adapter(adapter, method=method, lora_alpha=lora_alpha, pissa_init=pissa_init)
+        check_against_base(a, base_only, str(base), check_fingerprint)
+        for module, tensors in a.layers.items():
+            key = f"{module}.weight"
+            weight = base_sd[key].to(device, torch.float32)
+            if a.spec.method == "pissa":
+                init_A, init_B = (t.to(device, torch.float32) for t in a.pissa_init[module])
+                weight = pissa_residual(weight, init_A, init_B, a.spec.layer.scaling)
+            tensors = {k: v.to(device, torch.float32) for k, v in tensors.items()}
+            merged = METHODS[a.spec.method].merge_weight(weight, tensors, a.spec.layer)
+            out[key] = merged.to("cpu", dtype or base_sd[key].dtype)
+        for key, value in a.parts.items():
+            out[key] = value.to(dtype or base_sd[key].dtype)
+        states = a.state
+        summary.update(method=a.spec.method, layers=len(a.layers), parts=len(a.parts))
+    if state is not None:
+        if states:
+            raise UserError(f"{adapter} already carries a tuned state; do not also pass --state_checkpoint")
+        rest, states = split_state(read_checkpoint(state))
+        if rest:
+            raise UserError(f"{state}: not a state file (it has {next(iter(rest))})")
+        check_state(states, cfg, str(state))
+    if states:
+        if base_state:
+            raise UserError(f"{base} already carries time_state tensors; merge into the plain base")
+        out |= {k: v.to(dtype or base_sd["emb.weight"].dtype) for k, v in states.items()}
+        summary["state"] = True
+    write_checkpoint(out, output)
+    return summary
