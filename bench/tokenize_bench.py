@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sample_text import documents  # noqa: E402
-from tokenizer_bench import cpu_name  # noqa: E402
+from sample_text import documents
+from tokenizer_bench import cpu_name
 
-from rwkv_peft.data import build_dataset, make_data  # noqa: E402
-from rwkv_peft.model.tokenizer import Tokenizer  # noqa: E402
+from rwkv_peft.data import build_dataset, make_data
+from rwkv_peft.model.tokenizer import Tokenizer
 
 
 def record(doc: str, rng: random.Random) -> dict:
@@ -43,8 +43,7 @@ def record(doc: str, rng: random.Random) -> dict:
 def write_jsonl(path: str, n_bytes: int) -> int:
     rng = random.Random(0)
     with open(path, "w", encoding="utf-8") as f:
-        for doc in documents(n_bytes, seed=0):
-            f.write(json.dumps(record(doc, rng), ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(record(doc, rng), ensure_ascii=False) + "\n" for doc in documents(n_bytes, seed=0))
     return os.path.getsize(path)
 
 
@@ -63,12 +62,13 @@ def main() -> None:
         path = os.path.join(tmp, "data.jsonl")
         size = write_jsonl(path, int(args.mb * 1e6))
         print(f"machine: {os.cpu_count()}-core CPU ({cpu_name()}), Python {platform.python_version()}")
-        print(f"input: {size / 1e6:.1f} MB jsonl, {sum(1 for _ in open(path, encoding='utf-8'))} records\n")
+        with open(path, encoding="utf-8") as f:
+            print(f"input: {size / 1e6:.1f} MB jsonl, {sum(1 for _ in f)} records\n")
         print("| job | seconds | MB/s | tokens |")
         print("|---|---|---|---|")
         for loss_mask in ("pad", "qa"):
-            ds, secs = timed(lambda: build_dataset(path, "jsonl", tok, ctx_len=4096, loss_mask=loss_mask,
-                                                   dataload="pack"))
+            ds, secs = timed(lambda mask=loss_mask: build_dataset(path, "jsonl", tok, ctx_len=4096, loss_mask=mask,
+                                                                  dataload="pack"))
             print(f"| build_dataset jsonl, loss_mask {loss_mask}, pack | {secs:.1f} | {size / 1e6 / secs:.1f} | "
                   f"{ds.data_size} |")
             del ds

@@ -32,7 +32,7 @@ class Batch:
         """Trained label positions: throughput is counted over these, not over padding."""
         return int((self.labels != IGNORE).sum())
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device, non_blocking=non_blocking)
         return Batch(self.input_ids.to(device, non_blocking=non_blocking),
                      self.labels.to(device, non_blocking=non_blocking), cu)

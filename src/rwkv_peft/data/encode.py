@@ -24,7 +24,10 @@ _BATCH_SEGMENTS = 4096  # per encode_batch call: large enough to keep all cores 
 
 @dataclass
 class TokenStream:
-    """Documents as one stream. Document d is tokens[doc_offsets[d]:doc_offsets[d+1]] and ends with EOD."""
+    """Documents as one stream: document d is tokens[doc_offsets[d]:doc_offsets[d+1]].
+
+    Documents read from jsonl/text end with EOD; binidx items do when their writer appended it (make_data does).
+    """
 
     tokens: np.ndarray  # [S] token ids (uint16 in memory; any integer dtype, possibly memmapped, from binidx)
     doc_offsets: np.ndarray  # [D+1] int64, from 0 to S
