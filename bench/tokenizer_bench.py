@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sample_text import SENTENCES, documents, random_unicode  # noqa: E402
+from sample_text import SENTENCES, documents, random_unicode
 
 
 def _trie():
@@ -95,7 +95,7 @@ def main() -> None:
             same = same and many(sample) == reference
         is_ref = name.startswith("rwkv ")
         texts, size = (small, small_bytes) if is_ref else (docs, n_bytes)
-        single = mb_per_s(lambda ts: [one(t) for t in ts], texts, size)
+        single = mb_per_s(lambda ts, one=one: [one(t) for t in ts], texts, size)
         batch = f"{mb_per_s(many, texts, size):.1f}" if many else "-"
         print(f"| {name} | {'reference' if is_ref else ('yes' if same else 'NO')} | {single:.1f} | {batch} |")
 

@@ -1,7 +1,7 @@
 """pad equals RWKV-PEFT's semantics, pack carries exact cu_seqlens, get follows RWKV-LM, and the loader resumes."""
 
 from collections import Counter
-from itertools import islice
+from itertools import islice, pairwise
 
 import numpy as np
 import pytest
@@ -63,10 +63,10 @@ def pieces_of(batch, t: int):
     """Split a packed batch along cu_seqlens -> (real pieces as token lists, padding lengths)."""
     cu = batch.cu_seqlens.tolist()
     x, y = batch.input_ids[0].tolist(), batch.labels[0].tolist()
-    assert cu[0] == 0 and cu[-1] == len(x) and all(a < b for a, b in zip(cu, cu[1:]))
+    assert cu[0] == 0 and cu[-1] == len(x) and all(a < b for a, b in pairwise(cu))
     assert set(range(0, len(x) + 1, t)) <= set(cu)  # row boundaries are document boundaries
     pieces, pads = [], []
-    for a, b in zip(cu, cu[1:]):
+    for a, b in pairwise(cu):
         if all(v == IGNORE for v in y[a:b]):
             assert b % t == 0 and set(x[a:b]) == {0}  # padding only at a row's end
             pads.append(b - a)
@@ -163,7 +163,7 @@ def test_rank_sharding_sees_each_sample_once(tmp_path, world, bsz, n_docs):
 def test_epochs_reshuffle(tmp_path):
     prefix, _ = make_binidx(tmp_path, list(range(3, 30)))
     ds = build_dataset(prefix, "binidx", ctx_len=64)
-    order = lambda epoch: [b.num_tokens for b in batches(ds, 1, epoch=epoch, seed=0)]  # noqa: E731
+    order = lambda epoch: [b.num_tokens for b in batches(ds, 1, epoch=epoch, seed=0)]
     assert order(0) == order(0) and order(0) != order(1) and sorted(order(0)) == sorted(order(1))
 
 
@@ -196,7 +196,7 @@ def test_resume_with_a_different_global_batch_keeps_the_sample_position(tmp_path
     big = BatchLoader(ds, micro_bsz=4, seed=0)
     big.load_state_dict(small.state_dict() | {"step": 4})
     got = [row for b in islice(iter(big), 1) for row in b.labels.tolist()]
-    strip = lambda rows: [[v for v in r if v != IGNORE] for r in rows]  # noqa: E731
+    strip = lambda rows: [[v for v in r if v != IGNORE] for r in rows]
     assert strip(got) == strip(expected)
 
 

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,21 +18,21 @@ RECORDS = CHATS + [{"text": f"Document {i}: 今天 🎉 {'x' * i}"} for i in ran
 
 def independent_read(prefix: str) -> tuple[int, list[list[int]], list[int]]:
     """From the documented layout only: (dtype code, items, doc_idx)."""
-    idx = open(prefix + ".idx", "rb").read()
+    idx = Path(prefix + ".idx").read_bytes()
     magic, version, code, n, n_doc = struct.unpack("<9sQBQQ", idx[:34])
     assert magic == b"MMIDIDX\x00\x00" and version == 1
     dtype = {8: np.uint16, 4: np.int32}[code]
     sizes = np.frombuffer(idx, np.int32, n, 34)
     pointers = np.frombuffer(idx, np.int64, n, 34 + 4 * n)
     doc_idx = np.frombuffer(idx, np.int64, n_doc, 34 + 12 * n)
-    data = open(prefix + ".bin", "rb").read()
+    data = Path(prefix + ".bin").read_bytes()
     items = [np.frombuffer(data, dtype, s, p).tolist() for s, p in zip(sizes, pointers)]
     return code, items, doc_idx.tolist()
 
 
 def test_make_data_layout(tmp_path, tok, capsys):
     src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
-    digest = hashlib.sha256(open(src, "rb").read()).hexdigest()
+    digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
     result = make_data(src, str(tmp_path / "out"), repeat=3, ctx_len=16, seed=1)
     code, items, doc_idx = independent_read(result.prefix)
     assert code == 8 and len(items) == 3 * len(RECORDS) and doc_idx == list(range(len(items) + 1))
@@ -44,7 +45,7 @@ def test_make_data_layout(tmp_path, tok, capsys):
     assert ours.tokens.tolist() == [t for item in items for t in item]
     assert result.data_size == len(ours.tokens) and result.magic_prime is not None
     assert f"--my_exit_tokens {result.data_size} --magic_prime {result.magic_prime} --ctx_len 16" in capsys.readouterr().out
-    assert hashlib.sha256(open(src, "rb").read()).hexdigest() == digest  # the input is untouched
+    assert hashlib.sha256(Path(src).read_bytes()).hexdigest() == digest  # the input is untouched
     assert sorted(os.listdir(tmp_path)) == ["d.jsonl", "out.bin", "out.idx"]  # no temporary files left
 
 
@@ -53,7 +54,7 @@ def test_make_data_seed_is_reproducible_and_default_prefix(tmp_path):
     make_data(src, str(tmp_path / "a"), repeat=2, seed=7)
     result = make_data(src, repeat=2, seed=7)
     assert result.prefix == str(tmp_path / "d")
-    assert open(tmp_path / "a.bin", "rb").read() == open(tmp_path / "d.bin", "rb").read()
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "d.bin").read_bytes()
 
 
 def test_int32_files_read_like_uint16(tmp_path):

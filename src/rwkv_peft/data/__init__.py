@@ -47,6 +47,6 @@ from .magic_prime import magic_prime
 from .make_data import MakeDataResult, make_data
 from .records import Rendered, render_record
 
-__all__ = ["Batch", "BatchLoader", "BinIdx", "DATALOADS", "DATA_TYPES", "IGNORE", "LOSS_MASKS", "MakeDataResult",
+__all__ = ["DATALOADS", "DATA_TYPES", "IGNORE", "LOSS_MASKS", "Batch", "BatchLoader", "BinIdx", "MakeDataResult",
            "Rendered", "TokenDataset", "batches", "build_dataset", "magic_prime", "make_data", "render_record",
            "write_binidx"]

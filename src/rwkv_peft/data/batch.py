@@ -32,9 +32,10 @@ class Batch:
         """Trained label positions: throughput is counted over these, not over padding."""
         return int((self.labels != IGNORE).sum())
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.labels), move(self.cu_seqlens))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device, non_blocking=non_blocking)
+        return Batch(self.input_ids.to(device, non_blocking=non_blocking),
+                     self.labels.to(device, non_blocking=non_blocking), cu)
 
 
 def row_length(rows: list[list[tuple[int, int]]], ctx_len: int, fixed_len: bool) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.tokenizer import EOD, VOCAB_SIZE, Tokenizer
+from ..model.tokenizer import EOD, Tokenizer
 
 _TRAIN_AFTER = ("Assistant", "Response")
 _STOP_AT = ("User", "System", "Instruction", "Input")
@@ -33,7 +33,7 @@ class ChatMarkers:
     newline_last: np.ndarray  # [V] bool: the token's bytes end with "\n"
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer) -> "ChatMarkers":
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> ChatMarkers:
         table = tokenizer.token_bytes
         colon_first = np.array([t[:1] == b":" for t in table], dtype=bool)
         newline_last = np.array([t[-1:] == b"\n" for t in table], dtype=bool)
@@ -46,10 +46,10 @@ def chat_mask(tokens: np.ndarray, doc_starts: np.ndarray, markers: ChatMarkers) 
     """Which tokens are trained targets under `qa`.
 
     tokens: [S] token ids of whole documents; doc_starts: [D] sorted offsets of the documents in `tokens`, the
-    first being 0. Returns [S] bool. Runs in a few vectorised passes (~100M tokens/s).
+    first being 0. Returns [S] bool. Vectorised: ~18M tokens/s on one core.
     """
     n = len(tokens)
-    tok = np.asarray(tokens).astype(np.int64, copy=False) % VOCAB_SIZE
+    tok = np.asarray(tokens)
     line_start = np.empty(n, dtype=bool)
     line_start[0] = True
     line_start[1:] = markers.newline_last[tok[:-1]]

@@ -166,7 +166,7 @@ def _cut_pieces(ds: TokenDataset) -> None:
                         "documents" if ds.dataload == "pad" else "pieces", ds.ctx_len)
             starts, lens = starts[useful], lens[useful]
     if len(starts) == 0:
-        raise UserError(f"{ds.source}: nothing to train on (every document is empty"
-                        + (" or has no answer tokens within ctx_len under --loss_mask qa)" if ds.stream.trained
-                           is not None else ")"))
+        why = "empty, or without answer tokens within ctx_len (--loss_mask qa)" if ds.stream.trained is not None \
+            else "empty"
+        raise UserError(f"{ds.source}: nothing to train on: every document is {why}")
     ds.piece_starts, ds.piece_lens = starts, lens

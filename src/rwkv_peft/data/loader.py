@@ -56,18 +56,15 @@ class EpochPlan:
     def __init__(self, dataset: TokenDataset, epoch: int, seed: int, global_batch: int) -> None:
         # global_batch (world_size * micro_bsz) only numbers magic_prime samples across epochs.
         self.ds, self.epoch, self.seed, self.global_batch = dataset, epoch, seed, global_batch
+        self.order = self.rows = None
         if dataset.dataload == "get":
-            self.rows = None
-            chunks = dataset.data_size // dataset.ctx_len
-            self.size = dataset.magic_prime or max(chunks, 1)
+            self.size = dataset.magic_prime or dataset.data_size // dataset.ctx_len
             return
-        order = np.random.default_rng([seed, epoch]).permutation(len(dataset.piece_starts))
-        starts, lens = dataset.piece_starts[order].tolist(), dataset.piece_lens[order].tolist()
-        if dataset.dataload == "pad":
-            self.rows = [[(s, n)] for s, n in zip(starts, lens)]
-        else:
+        self.order = np.random.default_rng([seed, epoch]).permutation(len(dataset.piece_starts))
+        if dataset.dataload == "pack":
+            starts, lens = dataset.piece_starts[self.order].tolist(), dataset.piece_lens[self.order].tolist()
             self.rows = [[(starts[i], lens[i]) for i in row] for row in pack_rows(lens, dataset.ctx_len)]
-        self.size = len(self.rows)
+        self.size = len(self.order) if self.rows is None else len(self.rows)
 
     def __len__(self) -> int:
         return self.size
@@ -75,6 +72,9 @@ class EpochPlan:
     def __getitem__(self, pos: int) -> Row:
         if self.rows is not None:
             return self.rows[pos % self.size]
+        if self.order is not None:
+            piece = self.order[pos % self.size]
+            return [(int(self.ds.piece_starts[piece]), int(self.ds.piece_lens[piece]))]
         ctx = self.ds.ctx_len
         if self.ds.magic_prime:
             # RWKV-LM counts samples over the whole run: ii = 1 + global sample number.
@@ -88,7 +88,9 @@ def padded_size(n: int, global_batch: int) -> int:
     return -(-n // global_batch) * global_batch
 
 
-def _check(micro_bsz: int, rank: int, world_size: int) -> None:
+def _check(micro_bsz: int, rank: int, world_size: int, seed: int) -> None:
+    if seed < 0:
+        raise UserError(f"the data shuffling seed must be >= 0, got {seed}")
     if micro_bsz < 1:
         raise UserError(f"--micro_bsz must be at least 1, got {micro_bsz}")
     if not 0 <= rank < world_size:
@@ -107,8 +109,9 @@ def _batches(plan: EpochPlan, micro_bsz: int, rank: int, world_size: int, start_
 def batches(dataset: TokenDataset, micro_bsz: int, rank: int = 0, world_size: int = 1, epoch: int = 0,
             seed: int | None = None, start_step: int = 0, fixed_len: bool = False) -> Iterator[Batch]:
     """This rank's batches of one epoch, from step `start_step`. seed None: the dataset's seed."""
-    _check(micro_bsz, rank, world_size)
-    plan = EpochPlan(dataset, epoch, dataset.seed if seed is None else seed, micro_bsz * world_size)
+    seed = dataset.seed if seed is None else seed
+    _check(micro_bsz, rank, world_size, seed)
+    plan = EpochPlan(dataset, epoch, seed, micro_bsz * world_size)
     return _batches(plan, micro_bsz, rank, world_size, start_step, fixed_len)
 
 
@@ -121,9 +124,9 @@ class BatchLoader:
 
     def __init__(self, dataset: TokenDataset, micro_bsz: int, rank: int = 0, world_size: int = 1,
                  seed: int | None = None, fixed_len: bool = False) -> None:
-        _check(micro_bsz, rank, world_size)
-        self.dataset, self.micro_bsz, self.rank, self.world_size = dataset, micro_bsz, rank, world_size
         self.seed = dataset.seed if seed is None else seed
+        _check(micro_bsz, rank, world_size, self.seed)
+        self.dataset, self.micro_bsz, self.rank, self.world_size = dataset, micro_bsz, rank, world_size
         self.fixed_len = fixed_len
         self.epoch, self.step = 0, 0
         self._cached: EpochPlan | None = None
