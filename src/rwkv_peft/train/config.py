@@ -11,6 +11,7 @@ values of the wrong type are errors that name the key, the source and what was e
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import typing
 from collections.abc import Mapping
@@ -179,7 +180,7 @@ def resolve_key(key: str, where: str) -> tuple[str, str]:
     section, _, name = key.rpartition(".")
     if name in LEAVES and section in ("", LEAVES[name][0]):
         return LEAVES[name][0], name
-    close = [n for n in LEAVES if name and (name in n or n in name)]
+    close = difflib.get_close_matches(name, LEAVES, n=1)
     hint = f"; did you mean {LEAVES[close[0]][0]}.{close[0]}?" if close else ""
     raise UserError(f"{where}: unknown setting {key!r}{hint} (`rwkv-peft train --help` lists them all)")
 
@@ -264,6 +265,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise UserError(f"{path}: section {key!r} must be a mapping of settings")
             flat |= {f"{key}.{name}": v for name, v in value.items()}
+        elif isinstance(value, dict):
+            raise UserError(f"{path}: unknown section {key!r}; sections are {', '.join(SECTIONS)}")
         else:
             flat[str(key)] = value
     return flat

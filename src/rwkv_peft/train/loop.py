@@ -145,7 +145,9 @@ class Trainer:
         micro = [next(batches).to(self.device, non_blocking=True) for _ in range(cfg.optim.accumulate_grad_batches)]
         n_tokens = sum(b.num_tokens for b in micro)
         normalizer = max(1, n_tokens)
-        loss = sum(self.forward_backward(b, normalizer) for b in micro) / normalizer
+        # fp16: the scaler's current factor (scaling a unit also starts the scaler on its first step).
+        scale = float(s.scaler.scale(torch.ones((), device=self.device))) if s.scaler is not None else 1.0
+        loss = sum(self.forward_backward(b, normalizer, scale) for b in micro) / normalizer
         grad_norm = self._unscale_and_clip()
         if not math.isfinite(loss) or (s.scaler is None and not math.isfinite(grad_norm)):
             self._diverged(loss, grad_norm)
@@ -163,10 +165,9 @@ class Trainer:
                 "grad_norm": grad_norm, "tokens": self.tokens, "kt_s": n_tokens / max(seconds, 1e-9) / 1000,
                 "peak_mem_mb": round(peak_memory_mb(self.device), 1), "time": round(time.time() - self.started, 3)}
 
-    def forward_backward(self, batch, normalizer: int) -> float:
-        """Backward of one micro-batch's share of the step loss; returns its sum of CE."""
+    def forward_backward(self, batch, normalizer: int, scale: float = 1.0) -> float:
+        """Backward of one micro-batch's share of the step loss (times `scale`); returns its sum of CE."""
         s = self.s
-        scale = s.scaler.get_scale() if s.scaler is not None else 1.0
         if s.chunk_ctx:
             return infctx_backward(s.model, batch.input_ids, batch.labels, s.chunk_ctx, normalizer, s.precision,
                                    scale)[0]
