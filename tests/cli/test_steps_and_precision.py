@@ -33,6 +33,13 @@ def test_epochs_saves_and_epoch_begin(base, data, tmp_path):
     assert recs[0]["lr"] < 1e-2
 
 
+def test_max_steps_at_an_epoch_end_still_writes_the_adapter(base, data, tmp_path):
+    run = run_cli(*train_args(base, data, tmp_path, *LORA, "--epoch_steps", "3", "--epoch_count", "4",
+                              "--epoch_save", "3", "--max_steps", "6"))
+    assert run.rc == 0, run.err
+    assert sorted(p.name for p in tmp_path.glob("rwkv-*.pth")) == ["rwkv-0.pth", "rwkv-1.pth"]
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_trains(base, data, tmp_path, precision):
     run = run_cli(*train_args(base, data, tmp_path, *LORA, "--precision", precision, "--epoch_steps", "8"))

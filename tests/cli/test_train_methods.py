@@ -10,7 +10,8 @@ from rwkv_peft.model import read_checkpoint
 from ..train.helpers import head_tail, losses, run_cli, train_args
 
 METHODS = {
-    "lora": ["--peft", "lora", "--lora_config", '{"lora_load":"","lora_r":8,"lora_alpha":16,"lora_dropout":0.01}'],
+    "lora": ["--peft", "lora", "--lora_config", '{"lora_load":"","lora_r":8,"lora_alpha":16,"lora_dropout":0.01}',
+             "--grad_cp", "1"],
     "pissa": ["--peft", "pissa", "--pissa_config", '{"pissa_load":"","pissa_init":"","pissa_r":8,"svd_niter":4}',
               "--lr_init", "3e-3"],
     "miss": ["--peft", "miss", "--peft_config", '{"r":16}', "--lr_init", "3e-3"],
@@ -62,3 +63,10 @@ def test_outputs_summary_and_plot(base, data, tmp_path):
     assert recs[-1]["tokens"] > recs[0]["tokens"] > 0
     log = (tmp_path / "train_log.txt").read_text()
     assert '"lr_init": 0.01' in log and "done: 10 steps" in log
+
+
+def test_progress_bar(base, data, tmp_path):
+    run = run_cli(*train_args(base, data, tmp_path, "--peft", "lora", "--max_steps", "3", "--progress", "bar",
+                              "--plot", "0"))
+    assert run.rc == 0, run.err
+    assert "3/3 " in run.err and "loss=" in run.err and "kt_s=" in run.err

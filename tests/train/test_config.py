@@ -80,6 +80,9 @@ def test_unsupported_requests_are_errors(base, data, tmp_path):
     assert "torchrun" in run_cli(*train_args(base, data, tmp_path, "--devices", "4")).err
     assert "--quant int8" in run_cli(*train_args(base, data, tmp_path, "--quant", "int8")).err
     assert "WKV backends" in run_cli(*train_args(base, data, tmp_path, "--op", "cuda_magic")).err
+    for flag in (["--wandb", "my-project"], ["--tensorboard"]):
+        run = run_cli(*train_args(base, data, tmp_path, *flag, "--max_steps", "1"))
+        assert run.rc == 2 and "pip install 'rwkv-peft[log]'" in run.err, run.err
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")

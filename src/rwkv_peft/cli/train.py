@@ -19,6 +19,9 @@ EXAMPLE = """examples:
 """
 
 
+METAVARS = {int: "N", float: "X"}
+
+
 def add_parser(sub) -> None:
     from ..train.config import LEAVES, SECTIONS
 
@@ -33,7 +36,8 @@ def add_parser(sub) -> None:
         for name, (where, f, tp) in LEAVES.items():
             if where != section:
                 continue
-            kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata["help"], "metavar": name.upper()}
+            kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata["help"].replace("%", "%%"),
+                      "metavar": METAVARS.get(tp, "TEXT")}
             if tp is bool:
                 kwargs.update(nargs="?", const="1", metavar="0|1")
             elif name == "train_parts":

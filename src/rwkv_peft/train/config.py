@@ -117,7 +117,7 @@ class RunSection:
     devices: int = opt(1, "GPUs (more than 1 needs the distributed launcher)")
     num_nodes: int = opt(1, "machines (more than 1 needs the distributed launcher)")
     precision: str = opt("bf16", "bf16, fp16 (loss scaling), fp32, tf32", ("bf16", "fp16", "fp32", "tf32"))
-    strategy: str = opt("auto", "multi-GPU strategy (auto, ddp, fsdp, deepspeed_stage_1/2/3[_offload])")
+    strategy: str = opt("auto", "multi-GPU strategy (ddp, fsdp, deepspeed_stage_N); recorded, unused on one device")
     random_seed: int = opt(-1, "seed (-1: pick one and record it in train_log.txt)")
     resume: str = opt("", "auto (proj_dir/checkpoint-last if present) or a checkpoint folder")
     checkpoint_every: int = opt(0, "also update checkpoint-last every N optimizer steps (0: each epoch)")

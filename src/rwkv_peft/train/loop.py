@@ -119,7 +119,8 @@ class Trainer:
                     record |= self.validate()
                 self.log.step(record)
                 if at_epoch_end:
-                    self.save(epoch_file=self._epoch_file_due(self.step // s.steps_per_epoch - 1))
+                    due = self._epoch_file_due(self.step // s.steps_per_epoch - 1) or self.step == s.end_step
+                    self.save(epoch_file=due)
                 elif cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
                     self.save(epoch_file=False)
             if self.last_saved != self.step:
