@@ -25,7 +25,7 @@ def test_resume_matches_uninterrupted_run(base, data, tmp_path):
 
     a, b = records(whole), records(split)
     assert [r["step"] for r in b] == list(range(1, 17))  # steps 1-11, then 12-16, no repeats
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert abs(ra["loss"] - rb["loss"]) <= RESUME_TOL * max(1.0, abs(ra["loss"])), (ra, rb)
         assert ra["lr"] == rb["lr"] and ra["tokens"] == rb["tokens"]
     assert (split / "rwkv-1.pth").read_bytes() != b""

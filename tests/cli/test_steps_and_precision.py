@@ -17,7 +17,7 @@ def test_accumulation_equals_a_larger_batch(base, data, tmp_path):
     assert run.rc == 0, run.err
     a, b = records(tmp_path / "a"), records(tmp_path / "b")
     assert len(a) == len(b) == 6
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert math.isclose(ra["loss"], rb["loss"], rel_tol=1e-5) and ra["tokens"] == rb["tokens"]
 
 

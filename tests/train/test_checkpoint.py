@@ -5,11 +5,12 @@ import torch
 
 import rwkv_peft.train.checkpoint as ckpt
 from rwkv_peft.train.checkpoint import find_checkpoint, read_checkpoint_folder, save_checkpoint
+from rwkv_peft.train.rng import rng_state
 
 
 def _save(proj, step: int) -> None:
     trainable = {"blocks.0.att.key.lora_A": torch.full((2, 3), float(step))}
-    state = {"optimizer": {"state": {}, "param_groups": []}, "scaler": None, "rng": ckpt.rng_state(torch.device("cpu"))}
+    state = {"optimizer": {"state": {}, "param_groups": []}, "scaler": None, "rng": rng_state(torch.device("cpu"))}
     save_checkpoint(proj, step, trainable, state, {"loader": {"step": step}})
 
 

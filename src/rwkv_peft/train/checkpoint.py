@@ -72,17 +72,6 @@ def _atomic_json(data: dict, path: Path) -> None:
         raise
 
 
-def rng_state(device: torch.device) -> dict[str, Tensor | None]:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict[str, Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def save_checkpoint(proj_dir: str | os.PathLike, step: int, trainable: dict[str, Tensor], state: dict[str, Any],
                     manifest: dict[str, Any], pissa_model: nn.Module | None = None) -> Path:
     """Write checkpoint-last for optimizer step `step` (see the module docstring for the layout)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -329,7 +328,3 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--train_type infctx carries one state per row across chunks; use --dataload pad or get, "
                         "not pack")
 
-
-def summary_text(cfg: TrainConfig) -> str:
-    """The resolved config as indented JSON (train_log.txt, checkpoints)."""
-    return json.dumps(cfg.to_dict(), indent=2, default=str)

@@ -106,8 +106,8 @@ def run_demo(out_dir: str | Path = "rwkv-peft-demo", steps: int = 100, threads: 
     result = DemoResult(base, adapter, merged, out / "2-lora" / PLOT, {"full": pre, "lora": lora}, answer_loss,
                         answers, time.time() - start)
     echo(_report(result, out))
-    (out / "demo_summary.json").write_text(json.dumps({"losses": result.losses, "answer_loss": answer_loss, "answers": answers,
-                                                       "seconds": result.seconds}, indent=2))
+    summary = {"losses": result.losses, "answer_loss": answer_loss, "answers": answers, "seconds": result.seconds}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     return result
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..model.state import RWKVState
 from .loss import head_loss
 from .precision import Precision
+from .rng import rng_state, set_rng_state
 
 
 def _tensors(state: RWKVState) -> list[Tensor]:
@@ -38,16 +39,6 @@ def _leaf_state(state: RWKVState) -> RWKVState:
     return RWKVState(leaves(state.att_shift), leaves(state.wkv), leaves(state.ffn_shift))
 
 
-def _rng_state(device: torch.device) -> tuple:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_state(saved: tuple, device: torch.device) -> None:
-    torch.set_rng_state(saved[0])
-    if saved[1] is not None:
-        torch.cuda.set_rng_state(saved[1], device)
-
-
 def infctx_backward(model: nn.Module, input_ids: Tensor, labels: Tensor, chunk_ctx: int, normalizer: float,
                     precision: Precision, loss_scale: float = 1.0) -> tuple[float, int]:
     """Forward and backward of one micro-batch in chunks; parameter gradients accumulate in `.grad`.
@@ -59,25 +50,25 @@ def infctx_backward(model: nn.Module, input_ids: Tensor, labels: Tensor, chunk_c
     starts = list(range(0, T, chunk_ctx))
     device = input_ids.device
     entry_states: list[RWKVState | None] = [None]
-    rng: list[tuple] = []
+    rng: list[dict] = []
     with torch.no_grad():
         state = None
         for lo in starts[:-1]:
-            rng.append(_rng_state(device))
+            rng.append(rng_state(device))
             with precision.autocast():
                 _, state = model.hidden(input_ids[:, lo:lo + chunk_ctx], state)
             entry_states.append(state)
-    rng.append(_rng_state(device))
+    rng.append(rng_state(device))
 
     ce_sum, tokens, grad_out, rng_after = 0.0, 0, None, None
     for i in reversed(range(len(starts))):
         lo = starts[i]
-        _set_rng_state(rng[i], device)
+        set_rng_state(rng[i], device)
         state_in = None if entry_states[i] is None else _leaf_state(entry_states[i])
         with precision.autocast():
             hidden, state_out = model.hidden(input_ids[:, lo:lo + chunk_ctx], state_in)
         if rng_after is None:
-            rng_after = _rng_state(device)  # where the RNG would be after a plain pass over the whole row
+            rng_after = rng_state(device)  # where the RNG would be after a plain pass over the whole row
         loss, n = head_loss(hidden, model.head.weight, labels[:, lo:lo + chunk_ctx], normalizer,
                             precision.compute_dtype)
         outputs, grads = [loss * loss_scale], [None]
@@ -90,7 +81,7 @@ def infctx_backward(model: nn.Module, input_ids: Tensor, labels: Tensor, chunk_c
         grad_out = None if state_in is None else [t.grad for t in _tensors(state_in)]
         ce_sum += float(loss.detach()) * normalizer
         tokens += n
-    _set_rng_state(rng_after, device)
+    set_rng_state(rng_after, device)
     return ce_sum, tokens
 
 

@@ -24,7 +24,7 @@ import torch
 from .. import adapters
 from ..errors import UserError
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
-from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, save_checkpoint
 from .config import TrainConfig
 from .dist import DistInfo, resolve_device
 from .eval import evaluate, sample
@@ -32,6 +32,7 @@ from .infctx import infctx_backward
 from .loss import head_loss
 from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
 from .optim import apply_schedule
+from .rng import rng_state, set_rng_state
 from .session import Session, build_session
 
 
@@ -80,7 +81,7 @@ class Trainer:
         self.s: Session = build_session(cfg, self.device, self.dist, self.seed, self.resume)
         s = self.s
         self.step = s.start_step
-        self.tokens, self.elapsed = 0, 0.0
+        self.tokens, self.elapsed, self.started = 0, 0.0, time.time()
         self.last_saved: int | None = None
         self.last_loss, self.last_val, self.adapter_file = math.nan, None, None
         if self.resume is not None:
@@ -162,9 +163,12 @@ class Trainer:
         self.tokens += n_tokens
         self.last_loss = loss
         seconds = time.time() - t0
-        return {"step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": loss, "lr": lr,
-                "grad_norm": grad_norm, "tokens": self.tokens, "kt_s": n_tokens / max(seconds, 1e-9) / 1000,
-                "peak_mem_mb": round(peak_memory_mb(self.device), 1), "time": round(time.time() - self.started, 3)}
+        record = {"step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": loss, "lr": lr,
+                  "grad_norm": grad_norm, "tokens": self.tokens, "kt_s": n_tokens / max(seconds, 1e-9) / 1000,
+                  "peak_mem_mb": round(peak_memory_mb(self.device), 1), "time": round(time.time() - self.started, 3)}
+        if not math.isfinite(grad_norm):
+            record["skipped"] = True  # fp16 overflow: the scaler lowered its factor and skipped this update
+        return record
 
     def forward_backward(self, batch, normalizer: int, scale: float = 1.0) -> float:
         """Backward of one micro-batch's share of the step loss (times `scale`); returns its sum of CE."""

@@ -142,11 +142,10 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     text_data = cfg.data.data_type != "binidx" or cfg.data.loss_mask == "qa"
     tokenizer = Tokenizer() if text_data or cfg.log.sample_prompts else None
     vocab = model.config.vocab_size
-    train_data = _data(cfg, seed, tokenizer if text_data else None, cfg.data.data_file, cfg.data.data_type, vocab)
+    train_data = _data(cfg, seed, tokenizer, cfg.data.data_file, cfg.data.data_type, vocab)
     val_data = None
     if cfg.data.val_file:
-        val_type = cfg.data.val_data_type or cfg.data.data_type
-        val_data = _data(cfg, seed, tokenizer if val_type != "binidx" else None, cfg.data.val_file, val_type, vocab)
+        val_data = _data(cfg, seed, tokenizer, cfg.data.val_file, cfg.data.val_data_type or cfg.data.data_type, vocab)
     if not cfg.data.data_shuffle:
         notes.append("--data_shuffle 0 is not supported: samples are taken in a seeded shuffled order")
     loader = BatchLoader(train_data, cfg.data.micro_bsz, dist.rank, dist.world_size, seed=seed)
@@ -169,8 +168,9 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     if spec.state and only_state and o.lr_init < 0.01:
         notes.append(f"State tuning at lr_init {o.lr_init:g}: the seeds advise --lr_init 1 --lr_final 0.01 "
                      "--warmup_steps 10 (a state needs a far higher rate than weights)")
-    optimizer = build_optimizer(named, GroupRates(o.lr_init, o.lr_final, st_init, st_final), (o.beta1, o.beta2),
-                                o.adam_eps, o.weight_decay, o.layerwise_lr, fused=True if device.type == "cuda" else None)
+    rates = GroupRates(o.lr_init, o.lr_final, st_init, st_final)
+    optimizer = build_optimizer(named, rates, (o.beta1, o.beta2), o.adam_eps, o.weight_decay, o.layerwise_lr,
+                                fused=True if device.type == "cuda" else None)
     schedule = Schedule(s.lr_schedule, total, s.warmup_steps, s.decay_fraction)
 
     n_trainable = sum(p.numel() for p in named.values())
