@@ -8,7 +8,8 @@ Two measurements:
   copy, RWKV-PEFT's way), and bitsandbytes' `matmul_4bit` (nf4). Runs on CPU or CUDA; reports median and min
   milliseconds over interleaved repetitions (interleaving spreads machine noise evenly over the variants).
 - `model` (CUDA): the issue's acceptance run. RWKV-7 1.5B (L24 C2048, random official-shape weights) with LoRA
-  r64 alpha 128 on the att/ffn linears, ctx 1024, batch 1, bf16, AdamW; one row per base: bf16, int8, nf4. Each
+  r64 alpha 128 on the att/ffn linears, ctx 1024, batch 1, bf16, AdamW, grad_cp 1 (as the seeds' scripts; 0
+  with --grad_cp 0); one row per base: bf16, int8, nf4. Each
   row runs in its own process so its peak memory is its own: `torch` is the allocator's peak reserved memory,
   `smi` what nvidia-smi reports for the GPU at the end (CUDA context included, as RWKV-PEFT's published figures
   are). Tokens/s comes from the median step after warm-up. Targets: peak <= 4.6 GB (int8) and <= 3.9 GB (nf4),
@@ -92,14 +93,14 @@ def bench_layer(args) -> str:
     return "\n".join(lines)
 
 
-def model_row(scheme: str, steps: int, warmup: int, backend: str) -> dict:
+def model_row(scheme: str, steps: int, warmup: int, backend: str, grad_cp: bool) -> dict:
     """Train the 1.5B LoRA row for `scheme` ("bf16" = no quantization) on the GPU; the measurements as a dict."""
     torch.manual_seed(0)
     sd = random_state_dict(MODEL_1_5B, seed=0, dtype=torch.bfloat16)
     # Quantized rows are built and quantized layer by layer from the CPU, so the bf16 linears never occupy the GPU.
     model = model_from_state_dict(sd, "random 1.5B", "cpu" if scheme != "bf16" else "cuda", torch.bfloat16)
     del sd
-    model.backend = backend
+    model.backend, model.grad_cp = backend, grad_cp
     apply_adapter(model, AdapterSpec(layer=layer_config("lora", 64, 128.0)))
     if scheme != "bf16":
         quantize_model(model, scheme, device="cuda")
@@ -131,14 +132,14 @@ def bench_model(args) -> str:
     rows = []
     for scheme in ("bf16", "int8", "nf4"):
         cmd = [sys.executable, __file__, "model-row", scheme, "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--backend", args.backend]
+               str(args.warmup), "--backend", args.backend, "--grad_cp", str(args.grad_cp)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{scheme} row failed:\n{done.stderr[-4000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     bf16_speed = rows[0]["tokens_per_s"]
-    lines = [f"RWKV-7 1.5B (L24 C2048) LoRA r64 a128, ctx 1024, bsz 1, bf16, AdamW, backend {args.backend}, "
-             f"{torch.cuda.get_device_name()}", "",
+    lines = [f"RWKV-7 1.5B (L24 C2048) LoRA r64 a128, ctx 1024, bsz 1, bf16, AdamW, grad_cp {args.grad_cp}, "
+             f"backend {args.backend}, {torch.cuda.get_device_name()}", "",
              "| base | tokens/s | vs bf16 | torch peak GB | nvidia-smi GB | target GB | meets |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["tokens_per_s"] / bf16_speed
@@ -172,9 +173,11 @@ def main() -> None:
         p.add_argument("--steps", type=int, default=20)
         p.add_argument("--warmup", type=int, default=5)
         p.add_argument("--backend", default="auto")
+        # The seeds' scripts, whose settings RWKV-PEFT's VRAM table reports, train with --grad_cp 1.
+        p.add_argument("--grad_cp", type=int, choices=[0, 1], default=1)
     args = ap.parse_args()
     if args.what == "model-row":
-        print(json.dumps(model_row(args.scheme, args.steps, args.warmup, args.backend)))
+        print(json.dumps(model_row(args.scheme, args.steps, args.warmup, args.backend, bool(args.grad_cp))))
         return
     table = bench_layer(args) if args.what == "layer" else bench_model(args)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
