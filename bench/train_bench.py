@@ -26,9 +26,10 @@ import json
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -266,7 +267,6 @@ def measure(row: Row, build: Callable, warmup: int, steps: int, tflops: float, p
         mode = "-".join(m for m, on in (("compile", row.compile), ("graph", row.cuda_graph)) if on) or "eager"
         who = "peer" if row.method == PEER else row.method
         profile(step, profile_dir / f"profile-{row.model}-{who}-{row.ctx}x{row.bsz}-{mode}.txt", row)
-    del model, params, opt, step
     return row
 
 
@@ -322,8 +322,8 @@ def main() -> None:
                 jobs += [(PEER, mode) for mode in args.modes.split(",") if "compile" not in mode]
             for method, mode in jobs:
                 compile_ = "compile" in mode
-                build = (lambda: peer(name, ctx, bsz, cp)) if method == PEER else (
-                    lambda: ours(name, method, ctx, bsz, cp, compile_))
+                build = partial(peer, name, ctx, bsz, cp) if method == PEER else partial(
+                    ours, name, method, ctx, bsz, cp, compile_)
                 row = Row(name, method, ctx, bsz, cp, compile_, "graph" in mode)
                 torch._dynamo.reset()
                 try:
