@@ -50,7 +50,7 @@ def test_merge_state_checkpoint_flag(trained, tmp_path):
 def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     t = trained("lora", 7)
     cases = [["--peft_checkpoint", str(tmp_path / "missing.pth")],
-             ["--peft_checkpoint", str(t.adapter_path), "--quant", "nf4"],
+             ["--peft_checkpoint", str(t.adapter_path), "--quant", "fp8"],
              ["--peft_checkpoint", str(t.adapter_path), "--type", "disha"]]
     for extra in cases:
         code = main(["merge", "--base_model", str(t.base_path), "--output", str(tmp_path / "o.pth"), *extra])

@@ -121,9 +121,9 @@ def test_state_file_for_another_model(base_files, tmp_path):
         load_model(base_files[7], state=tmp_path / "s.pth")
 
 
-def test_merge_refuses_quant_and_overwriting_inputs(lora_run):
+def test_merge_refuses_unknown_quant_and_overwriting_inputs(lora_run):
     base, adapter = lora_run
-    with pytest.raises(UserError, match="quant extra"):
-        merge(base, adapter, adapter.parent / "out.pth", quant="nf4")
+    with pytest.raises(UserError, match="unknown quant scheme"):
+        merge(base, adapter, adapter.parent / "out.pth", quant="int4")
     with pytest.raises(UserError, match="one of the inputs"):
         merge(base, adapter, base)

@@ -1,5 +1,6 @@
 """Accumulation, epoch bookkeeping and precision modes through the CLI."""
 
+import json
 import math
 
 import pytest
@@ -46,3 +47,17 @@ def test_half_precision_trains(base, data, tmp_path, precision):
     assert run.rc == 0, run.err
     values = losses(tmp_path)
     assert all(math.isfinite(v) for v in values) and values[-1] < values[0]
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_quantized_base_trains_and_merges_as_trained(base, data, tmp_path, scheme):
+    """--quant: LoRA trains on a quantized frozen base; adapter_config.json records it, so merge rounds alike."""
+    pytest.importorskip("bitsandbytes")
+    run = run_cli(*train_args(base, data, tmp_path, *LORA, "--quant", scheme, "--epoch_steps", "8"))
+    assert run.rc == 0, run.err
+    values = losses(tmp_path)
+    assert values[-1] < values[0]
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["quant"] == scheme
+    merged = run_cli("merge", "--base_model", base, "--peft_checkpoint", tmp_path / "rwkv-0.pth",
+                     "--output", tmp_path / "merged.pth")
+    assert merged.rc == 0, merged.err

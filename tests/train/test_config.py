@@ -78,7 +78,6 @@ def test_sizes_and_version_are_checked_against_the_checkpoint(base, data, tmp_pa
 
 def test_unsupported_requests_are_errors(base, data, tmp_path):
     assert "torchrun" in run_cli(*train_args(base, data, tmp_path, "--devices", "4")).err
-    assert "--quant int8" in run_cli(*train_args(base, data, tmp_path, "--quant", "int8")).err
     assert "WKV backends" in run_cli(*train_args(base, data, tmp_path, "--op", "cuda_magic")).err
     for flag in (["--wandb", "my-project"], ["--tensorboard"]):
         run = run_cli(*train_args(base, data, tmp_path, *flag, "--max_steps", "1"))

@@ -11,13 +11,13 @@ Methods, by name (METHODS maps each weight adapter to its layer class):
 from dataclasses import dataclass
 
 from ..errors import UserError
+from ..quant.schemes import canonical_scheme
 from .base import AdapterLinear
 from .lora import LoraConfig, LoraLinear
 from .miss import BatLinear, BoneLinear, MissConfig
 
 METHODS: dict[str, type[AdapterLinear]] = {"lora": LoraLinear, "pissa": LoraLinear, "bone": BoneLinear,
                                            "bat": BatLinear}
-QUANT = ("none", "int8", "nf4", "4bit", "fp4", "fp8")
 CONFIG_NAME = "adapter_config.json"
 FORMAT = "rwkv-peft-adapter"
 
@@ -41,8 +41,7 @@ class AdapterSpec:
     pissa_init: str | None = None
 
     def __post_init__(self):
-        if self.quant not in QUANT:
-            raise UserError(f"unknown quant {self.quant!r}; choose from {', '.join(QUANT)}")
+        canonical_scheme(self.quant)
         if self.pissa_init and not (isinstance(self.layer, LoraConfig) and self.layer.pissa):
             raise UserError("pissa_init is only meaningful with --peft pissa")
 

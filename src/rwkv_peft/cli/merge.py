@@ -4,7 +4,9 @@
 
 RWKV-PEFT's merge-script flags work too (`--type lora|pissa|disha|state --lora_checkpoint --lora_init
 --lora_alpha --state_checkpoint --quant --device`). With our adapter_config.json beside the checkpoint, method,
-rank and alpha come from it; `--lora_alpha` is only needed for RWKV-PEFT's LoRA files.
+rank, alpha and quant come from it; `--lora_alpha` is only needed for RWKV-PEFT's LoRA files, `--quant` for
+RWKV-PEFT runs trained on a quantized base, or to override the recorded one (`--quant none`: see
+`rwkv_peft.adapters.merge`).
 """
 
 import json
@@ -23,7 +25,9 @@ def add_parser(sub) -> None:
                    help="expected method (RWKV-PEFT's merge.py flag); checked against the file")
     p.add_argument("--lora_init", help="init_pissa.pth of a PiSSA run (found beside our checkpoints)")
     p.add_argument("--lora_alpha", type=float, help="alpha of a RWKV-PEFT LoRA file (ours record it)")
-    p.add_argument("--quant", default="none", help="the run's --quant (only none is supported for now)")
+    p.add_argument("--quant", help="round the base as a --quant run did before adding the delta: int8, nf4, "
+                   "fp4 (4bit), or none for the original weights; default: what adapter_config.json records "
+                   "(none for RWKV-PEFT files)")
     p.add_argument("--device", default="cpu", help="where to compute the merge (cpu, cuda)")
     p.add_argument("--dtype", choices=list(DTYPES), default="base", help="output dtype (default: the base's)")
     p.add_argument("--ignore_base_fingerprint", action="store_true",

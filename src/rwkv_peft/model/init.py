@@ -11,17 +11,21 @@ from .rwkv6 import RWKV6Config
 from .rwkv7 import RWKV7Config
 
 
-def random_state_dict(cfg: RWKV7Config | RWKV6Config, seed: int = 0,
-                      dtype: torch.dtype = torch.bfloat16) -> dict[str, Tensor]:
-    """A flat {official key: tensor} dict for `cfg`, in the official key order of RWKV-LM's writer."""
-    g = torch.Generator().manual_seed(seed)
+def random_state_dict(cfg: RWKV7Config | RWKV6Config, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                      device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """A flat {official key: tensor} dict for `cfg`, in the official key order of RWKV-LM's writer.
+
+    `device` is where the numbers are drawn (a GPU makes billions in a moment); each device's generator gives
+    its own numbers for the same seed.
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
     C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
 
     def normal(*shape: int, std: float = 1.0) -> Tensor:
-        return torch.randn(*shape, generator=g) * std
+        return torch.randn(*shape, generator=g, device=device) * std
 
     def uniform(*shape: int, lo: float = 0.0, hi: float = 1.0) -> Tensor:
-        return torch.rand(*shape, generator=g) * (hi - lo) + lo
+        return torch.rand(*shape, generator=g, device=device) * (hi - lo) + lo
 
     def linear(n_out: int, n_in: int) -> Tensor:
         return normal(n_out, n_in, std=n_in**-0.5)

@@ -13,6 +13,7 @@ decay = exp(-e^{-1/2} sigmoid(w0 + tanh(x w1) w2)) computed in fp32, and the WKV
 
 import math
 from dataclasses import dataclass
+from functools import cache
 from typing import ClassVar
 
 import torch
@@ -68,10 +69,10 @@ def _param(*shape: int) -> nn.Parameter:
 class TimeMix(nn.Module):
     """RWKV-7 attention replacement: token shift, low-rank gates, WKV-7, GroupNorm, bonus, gated output."""
 
-    def __init__(self, cfg: RWKV7Config, layer_id: int):
+    def __init__(self, cfg: RWKV7Config):
         super().__init__()
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
-        self.layer_id, self.n_head, self.head_size = layer_id, H, N
+        self.n_head, self.head_size = H, N
         self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (_param(1, 1, C) for _ in range(6))
         self.w0, self.w1, self.w2 = _param(1, 1, C), _param(C, cfg.dim_w), _param(cfg.dim_w, C)
         self.a0, self.a1, self.a2 = _param(1, 1, C), _param(C, cfg.dim_a), _param(cfg.dim_a, C)
@@ -104,7 +105,9 @@ class TimeMix(nn.Module):
         v = self.value(xv)
         w_raw = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
         log_w = -_DECAY_SCALE * torch.sigmoid(w_raw.float())
-        if self.layer_id == 0:
+        # Layer 0 is told apart by having no v_first yet, not by its index: a compiled block then serves every
+        # layer (an index would be a guard, and each layer would recompile).
+        if v_first is None:
             v_first = v
         else:
             v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
@@ -142,27 +145,37 @@ class ChannelMix(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: RWKV7Config, layer_id: int):
         super().__init__()
-        self.layer_id = layer_id
         if layer_id == 0:
-            # LayerNorm of the embedding, stored under block 0 in official files.
+            # LayerNorm of the embedding, stored under block 0 in official files; RWKV7.hidden applies it.
             self.ln0 = nn.LayerNorm(cfg.n_embd)
         self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.att = TimeMix(cfg, layer_id)
+        self.att = TimeMix(cfg)
         self.ffn = ChannelMix(cfg)
 
     def forward(self, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, backend):
-        if self.layer_id == 0:
-            x = self.ln0(x)
         dx, v_first, att_shift, wkv_state = self.att(self.ln1(x), v_first, att_shift, wkv_state, cu_seqlens, backend)
         x = x + dx
         dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, cu_seqlens)
         return x + dx, v_first, att_shift, wkv_state, ffn_shift
 
 
+def _call_block(block: Block, *args):
+    return block(*args)
+
+
+@cache
+def _compiled_block():
+    """One compiled entry point for every block of every RWKV-7 model: the parameters are graph inputs, so all
+    layers share one graph (two: layer 0, which has no v_first, and the rest) and nothing recompiles per layer.
+    Shapes are static; a new (B, T) compiles once more."""
+    return torch.compile(_call_block, dynamic=False)
+
+
 class RWKV7(nn.Module):
     """The whole model. `backend` picks the WKV implementation ("auto", "torch", "fla", ...); `grad_cp`
-    recomputes each block's activations in the backward pass instead of storing them."""
+    recomputes each block's activations in the backward pass instead of storing them; `compile` runs the blocks
+    through torch.compile."""
 
     def __init__(self, cfg: RWKV7Config):
         super().__init__()
@@ -173,6 +186,8 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.backend = "auto"
         self.grad_cp = False
+        # torch.compile each block (its elementwise work fused; the WKV kernel runs eagerly in between).
+        self.compile = False
 
     def hidden(self, tokens: Tensor, state: RWKVState | None = None,
                cu_seqlens: Tensor | None = None) -> tuple[Tensor, RWKVState]:
@@ -181,20 +196,21 @@ class RWKV7(nn.Module):
         state None starts every sequence fresh (zeros, or the tuned time_state). With cu_seqlens (B = 1) each
         packed document starts fresh; the returned WKV states are then one per document.
         """
-        x = self.emb(tokens)
+        x = self.blocks[0].ln0(self.emb(tokens))
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         v_first = None
         new = RWKVState([], [], [])
+        run = _compiled_block() if self.compile else _call_block
         for i, block in enumerate(self.blocks):
             att_shift = ffn_shift = None
             wkv_state = block.att.initial_wkv(n_seq)
             if state is not None:
                 att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
-            args = (x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
+            args = (block, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
             if self.grad_cp and self.training and torch.is_grad_enabled():
-                x, v_first, att_shift, wkv_state, ffn_shift = checkpoint(block, *args, use_reentrant=False)
+                x, v_first, att_shift, wkv_state, ffn_shift = checkpoint(run, *args, use_reentrant=False)
             else:
-                x, v_first, att_shift, wkv_state, ffn_shift = block(*args)
+                x, v_first, att_shift, wkv_state, ffn_shift = run(*args)
             new.att_shift.append(att_shift)
             new.wkv.append(wkv_state)
             new.ffn_shift.append(ffn_shift)

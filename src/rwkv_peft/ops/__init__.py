@@ -9,7 +9,7 @@ returned, so nothing leaks between documents.
 import torch
 from torch import Tensor
 
-from . import registry
+from . import fla, registry
 from .token_shift import token_shift
 from .wkv6 import wkv6_chunked, wkv6_recurrent
 from .wkv7 import wkv7_chunked, wkv7_recurrent
@@ -18,6 +18,9 @@ _always = lambda device: True  # noqa: E731
 
 registry.register("wkv7", "torch", wkv7_chunked, _always)
 registry.register("wkv6", "torch", wkv6_chunked, _always)
+# fla's Triton kernels win on CUDA whenever fla is installed ("auto" picks them there).
+registry.register("wkv7", "fla", fla.wkv7_fla, fla.available, priority=10, unavailable_reason=fla.unavailable_reason)
+registry.register("wkv6", "fla", fla.wkv6_fla, fla.available, priority=10, unavailable_reason=fla.unavailable_reason)
 
 
 def _per_document(fn, cu_seqlens: Tensor, state: Tensor | None, seq_args: tuple, extra: tuple = ()):
@@ -37,6 +40,9 @@ def _check_packed(r: Tensor, cu_seqlens: Tensor | None) -> None:
         raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along T), got B={r.shape[0]}")
 
 
+# Under torch.compile the backend lookup and the kernels (fla's are opaque to the compiler) run eagerly: the
+# graph breaks here, and the elementwise work on either side is compiled.
+@torch.compiler.disable
 def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None, *,
          cu_seqlens: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV. r, log_w, k, v, a, b: [B, T, H, N]; state [B, H, N, N] fp32 or None.
@@ -52,6 +58,7 @@ def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     return impl.fn(r, log_w, k, v, a, b, state=state)
 
 
+@torch.compiler.disable
 def wkv6(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tensor | None = None, *,
          cu_seqlens: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RWKV-6 WKV. r, log_w, k, v: [B, T, H, N]; u: [H, N]; state [B, H, N, N] fp32 or None. Returns as `wkv7`."""

@@ -46,6 +46,7 @@ class ModelSection:
     dim_ffn: int = opt(0, "optional: checked against the checkpoint")
     op: str = opt("auto", "WKV kernel backend: auto, torch, fla, cuda (whichever this install registers)")
     grad_cp: bool = opt(False, "recompute each block's activations in backward (less memory, ~30% slower)")
+    compile: bool = opt(False, "torch.compile each block (RWKV-7; faster on a GPU once compiled)")
     pre_ffn: int = opt(0, "legacy RWKV-4 flag; only 0 is accepted")
     head_qk: int = opt(0, "legacy RWKV-4 flag; only 0 is accepted")
 

@@ -2,8 +2,8 @@
 counts, the optimizer and schedule. Checks against the checkpoint and the data happen here, before any step.
 
 The seams to the layers below are few: `model.load` (read and build the base), `adapters.spec_from_flags` /
-`apply_adapter` / `trainable_parameters` / `base_info` (what trains), `data.build_dataset` / `BatchLoader`
-(what it trains on).
+`apply_adapter` / `trainable_parameters` / `base_info` (what trains), `quant.quantize_model` (a quantized frozen
+base), `data.build_dataset` / `BatchLoader` (what it trains on).
 """
 
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from ..model import read_checkpoint
 from ..model.load import check_against, model_from_state_dict
 from ..model.tokenizer import Tokenizer
 from ..ops import registry
+from ..quant import quantize_model
 from .checkpoint import ResumePoint
 from .config import TrainConfig
 from .dist import DistInfo
@@ -99,7 +100,11 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
     if m.op not in ("auto", *known):
         raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
                         "drop --op to pick the best available")
+    if m.compile and mc.version != 7:
+        raise UserError("--compile is available for RWKV-7 models only; drop it for this RWKV-6 model")
     model.backend, model.grad_cp = m.op, m.grad_cp
+    if m.compile:
+        model.compile = True
     return model
 
 
@@ -120,11 +125,10 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     notes = []
     precision = Precision(cfg.run.precision, device)
     precision.configure_backends()
-    if cfg.adapter.quant != "none":
-        raise UserError(f"--quant {cfg.adapter.quant}: quantized training is not in this build yet; drop --quant")
     model = _load_base(cfg, device, precision)
     spec = adapters.spec_from_flags(_adapter_flags(cfg))
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
+    quantize_model(model, spec.quant)  # after the adapter: PiSSA's SVD needs the full-precision weights
     named = adapters.trainable_parameters(model)
     if not named:
         raise UserError("nothing to train: the adapter settings leave every parameter frozen")
@@ -132,7 +136,7 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
         p.data = p.data.float()  # the optimizer's master copy; the frozen base stays in its compact dtype
     model.train()
     info = adapters.base_info(cfg.model.load_model)
-    identity = {"adapter": repr((spec.method, spec.layer, spec.state, spec.targets, spec.train_parts)),
+    identity = {"adapter": repr((spec.method, spec.layer, spec.state, spec.targets, spec.train_parts, spec.quant)),
                 "base": info["fingerprint"]}
     if resume is not None and resume.manifest.get("identity") != identity:
         raise UserError(f"{resume.path} was written by a run with other adapter settings or another base model "
