@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import demo, generate, info, merge, train
+from . import demo, generate, info, make_data, merge, train
 from . import eval as evaluate
 
 # Each module exposes `add_parser(subparsers)` registering its subcommand with `func=run`.
-COMMANDS = [train, evaluate, merge, generate, info, demo]
+COMMANDS = [train, evaluate, merge, generate, make_data, info, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
