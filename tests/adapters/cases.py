@@ -51,17 +51,8 @@ def lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def train_case(case: str, version: int, base_path: Path, proj_dir: Path, tokens: torch.Tensor) -> Trained:
-    torch.manual_seed(1234)
-    spec = adapters.spec_from_flags(CASES[case])
-    model = load_base(base_path)
-    with torch.no_grad():
-        base_logits = model(tokens)
-    adapters.apply_adapter(model, spec)
-    if spec.method == "pissa":
-        adapters.write_pissa_init(model, proj_dir)
-    with torch.no_grad():
-        init_logits = model(tokens)
+def train_steps(model, tokens: torch.Tensor, case: str) -> tuple[list[float], torch.Tensor]:
+    """STEPS Adam steps on the fixed batch: (loss before each step and after the last, final logits)."""
     optimizer = torch.optim.Adam(adapters.trainable_parameters(model).values(), lr=LR.get(case, 1e-2))
     model.train()
     losses = []
@@ -75,6 +66,21 @@ def train_case(case: str, version: int, base_path: Path, proj_dir: Path, tokens:
     with torch.no_grad():
         losses.append(lm_loss(model, tokens).item())
         adapted_logits = model(tokens)
+    return losses, adapted_logits
+
+
+def train_case(case: str, version: int, base_path: Path, proj_dir: Path, tokens: torch.Tensor) -> Trained:
+    torch.manual_seed(1234)
+    spec = adapters.spec_from_flags(CASES[case])
+    model = load_base(base_path)
+    with torch.no_grad():
+        base_logits = model(tokens)
+    adapters.apply_adapter(model, spec)
+    if spec.method == "pissa":
+        adapters.write_pissa_init(model, proj_dir)
+    with torch.no_grad():
+        init_logits = model(tokens)
+    losses, adapted_logits = train_steps(model, tokens, case)
     path = adapters.save_adapter(model, spec, proj_dir, 0, base_path)
     return Trained(spec, model, base_path, proj_dir, path, tokens, base_logits, init_logits, adapted_logits, losses)
 

@@ -11,7 +11,7 @@ from rwkv_peft import adapters
 from rwkv_peft.model.load import load_base
 from rwkv_peft.quant import quantize_model
 
-from ..adapters.cases import CASES, LR, STEPS, lm_loss
+from ..adapters.cases import CASES, train_steps
 
 
 @functools.cache
@@ -54,18 +54,6 @@ def train_quantized(case: str, version: int, scheme: str, base_path: Path, proj_
     quantize_model(model, spec.quant)
     with torch.no_grad():
         init_logits = model(tokens)
-    optimizer = torch.optim.Adam(adapters.trainable_parameters(model).values(), lr=LR.get(case, 1e-2))
-    model.train()
-    losses = []
-    for _ in range(STEPS):
-        loss = lm_loss(model, tokens)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        losses.append(lm_loss(model, tokens).item())
-        adapted_logits = model(tokens)
+    losses, adapted_logits = train_steps(model, tokens, case)
     path = adapters.save_adapter(model, spec, proj_dir, 0, base_path)
     return QuantRun(spec, model, base_path, path, tokens, full_logits, init_logits, adapted_logits, losses)
