@@ -71,4 +71,5 @@ def wkv6(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tenso
     return impl.fn(r, log_w, k, v, u, state=state)
 
 
-__all__ = ["wkv7", "wkv6", "token_shift", "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent", "wkv6_chunked", "registry"]
+__all__ = ["wkv7", "wkv6", "token_shift", "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent", "wkv6_chunked",
+           "registry"]

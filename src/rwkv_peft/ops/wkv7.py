@@ -57,7 +57,8 @@ def wkv7_chunked(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: T
     Inside a chunk with start state S0 and cumulative log decay G_t (G_0 = 0), the "state times a" terms
     sa_t = S_{t-1} a_t^T depend on each other through a unit lower-triangular system:
 
-        (I - M_ab) SA = (a * e^{G_{t-1}}) S0^T + M_ak V,   M_xy[t, s] = sum_j x_t[j] y_s[j] e^{G_{t-1}[j] - G_s[j]}, s < t
+        (I - M_ab) SA = (a * e^{G_{t-1}}) S0^T + M_ak V
+        M_xy[t, s] = sum_j x_t[j] y_s[j] e^{G_{t-1}[j] - G_s[j]}   for s < t
 
     after which outputs and the next start state are plain matrix products. Cost per chunk: O(C^2 N) per head.
 
