@@ -39,9 +39,10 @@ def sample_logits(logits: Tensor, temperature: float, top_p: float, top_k: int,
         kth = torch.topk(probs, min(top_k, probs.numel())).values[-1]
         probs = torch.where(probs < kth, 0.0, probs)
     if 0 < top_p < 1:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p (ties at the cutoff stay).
         sorted_probs = torch.sort(probs, descending=True).values
-        cutoff = sorted_probs[int(torch.searchsorted(sorted_probs.cumsum(0), top_p))].item() \
-            if sorted_probs.sum() > top_p else 0.0
+        index = int(torch.searchsorted(sorted_probs.cumsum(0), top_p))
+        cutoff = sorted_probs[min(index, sorted_probs.numel() - 1)].item()
         probs = torch.where(probs < cutoff, 0.0, probs)
     if temperature != 1.0:
         probs = probs ** (1.0 / temperature)
