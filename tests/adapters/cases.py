@@ -85,6 +85,6 @@ def train_case(case: str, version: int, base_path: Path, proj_dir: Path, tokens:
     return Trained(spec, model, base_path, proj_dir, path, tokens, base_logits, init_logits, adapted_logits, losses)
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|."""
     return ((a - b).abs().max() / b.abs().max()).item()

@@ -6,14 +6,12 @@
 
 import json
 
+from .model_args import add_model_args
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="loss / perplexity of a model (+ adapter / state) on a dataset (JSON)")
-    p.add_argument("--model", "--load_model", "--base_model", dest="model", required=True, help="base .pth")
-    p.add_argument("--adapter", "--peft_checkpoint", dest="adapter", help="adapter file (rwkv-N.pth) to mount")
-    p.add_argument("--state", help="tuned state file to mount")
-    p.add_argument("--lora_alpha", type=float, help="alpha of a RWKV-PEFT LoRA adapter (ours record it)")
-    p.add_argument("--lora_init", help="init_pissa.pth of a RWKV-PEFT PiSSA adapter")
+    add_model_args(p)
     p.add_argument("--data_file", required=True, help="jsonl file, binidx prefix, or text")
     p.add_argument("--data_type", default="jsonl", help="jsonl, binidx, utf-8, utf-16le")
     p.add_argument("--ctx_len", type=int, default=1024, help="tokens per sample")

@@ -2,14 +2,12 @@
 
 import sys
 
+from .model_args import add_model_args
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="sample text (recurrent mode), optionally with --adapter / --state")
-    p.add_argument("--model", "--load_model", "--base_model", dest="model", required=True, help="base .pth")
-    p.add_argument("--adapter", "--peft_checkpoint", dest="adapter", help="adapter file (rwkv-N.pth) to mount")
-    p.add_argument("--state", help="tuned state file to mount")
-    p.add_argument("--lora_alpha", type=float, help="alpha of a RWKV-PEFT LoRA adapter (ours record it)")
-    p.add_argument("--lora_init", help="init_pissa.pth of a RWKV-PEFT PiSSA adapter")
+    add_model_args(p)
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--chat", action="store_true", help='wrap the prompt as "User: ...\\n\\nAssistant:" and stop '
                    'at a blank line')

@@ -1,0 +1,9 @@
+"""The flags that name a model and what to mount on it, shared by the commands that run one (generate, eval)."""
+
+
+def add_model_args(p) -> None:
+    p.add_argument("--model", "--load_model", "--base_model", dest="model", required=True, help="base .pth")
+    p.add_argument("--adapter", "--peft_checkpoint", dest="adapter", help="adapter file (rwkv-N.pth) to mount")
+    p.add_argument("--state", help="tuned state file to mount")
+    p.add_argument("--lora_alpha", type=float, help="alpha of a RWKV-PEFT LoRA adapter (ours record it)")
+    p.add_argument("--lora_init", help="init_pissa.pth of a RWKV-PEFT PiSSA adapter")
