@@ -6,8 +6,8 @@ autotuning happen there), then timed steps bracketed by CUDA events; tokens/s co
 
 The peer is flash-linear-attention's `RWKV7ForCausalLM` of the same shape with HuggingFace peft LoRA r64 on the
 same linears, trained by the same loop. Both run under bf16 autocast, as the train loop's --precision bf16 does.
-Loss: ours a chunked frozen-head cross-entropy with L2Wrap (below); the peer its own fused linear cross-entropy
-with L2Wrap (fla's, which also computes an fp32 gradient for the frozen head).
+Loss: ours the trainer's `dense_head_loss` (chunked, frozen head, L2Wrap, no host sync); the peer its own fused
+linear cross-entropy with L2Wrap (fla's, which also computes an fp32 gradient for the frozen head).
 
 Model FLOPs per token: 4 x the non-embedding parameters (the frozen base's forward and input gradients; the
 trainable matrices are counted here too) + 2 x the trainable matrix parameters (their weight gradients). MFU
@@ -38,6 +38,7 @@ from rwkv_peft.adapters import AdapterSpec, apply_adapter, is_state_param
 from rwkv_peft.adapters.spec import layer_config
 from rwkv_peft.model import RWKV7Config, model_from_state_dict
 from rwkv_peft.model.init import random_state_dict
+from rwkv_peft.train.loss import dense_head_loss
 
 MODELS = {"0.1b": (12, 768), "0.4b": (24, 1024), "1.5b": (24, 2048), "2.9b": (32, 2560)}
 # What the issue measures: LoRA r64 (alpha 128), PiSSA r32, MiSS (bone) r64, State tuning. No dropout anywhere
@@ -102,44 +103,6 @@ def flops_per_token(model: nn.Module, embedding: nn.Embedding) -> float:
     return 4 * sum(p.numel() for p in counted) + 2 * trainable
 
 
-class _FrozenHeadCE(torch.autograd.Function):
-    """mean CE(x @ W^T, y) with RWKV's L2Wrap for a frozen head W [V, C], x [N, C], y [N]: rows in chunks, the
-    gradient for x computed in forward (backward scales it), no gradient for W and no fp32 [V, C] buffer.
-
-    The train branch's `head_loss` does the same math but selects labelled rows with a data-dependent mask (a
-    host sync), which a CUDA graph cannot capture; the benchmark trains every position, so it needs no mask.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
-        N = x.shape[0]
-        total = torch.zeros((), device=x.device)
-        grad_x = torch.empty_like(x)
-        for lo in range(0, N, rows):
-            xc, yc = x[lo:lo + rows], targets[lo:lo + rows, None]
-            logits = (xc @ weight.t()).float()                               # [rows, V]
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (lse - logits.gather(1, yc)).sum()
-            top, top_idx = logits.max(dim=-1, keepdim=True)
-            grad = logits.sub_(lse).exp_()                                   # softmax, in place
-            grad.scatter_add_(1, yc, torch.full_like(top, -1.0))
-            grad.scatter_add_(1, top_idx, 1e-4 * top)                        # L2Wrap
-            grad_x[lo:lo + rows] = (grad.div_(N).to(x.dtype) @ weight)
-        ctx.save_for_backward(grad_x)
-        return total / N
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        (grad_x,) = ctx.saved_tensors
-        return grad_x * grad_out.to(grad_x.dtype), None, None, None
-
-
-def frozen_head_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """hidden [B, T, C], weight [V, C] frozen, targets [B, T] -> mean loss; 2^26 logits (256 MB fp32) per chunk."""
-    rows = max(1, (1 << 26) // weight.shape[0])
-    return _FrozenHeadCE.apply(hidden.flatten(0, 1), weight.to(hidden.dtype), targets.flatten(), rows)
-
-
 def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: bool, compile_: bool):
     """Model, trainable parameters, loss_of(tokens, targets) and the embedding, for rwkv-peft."""
     L, C = MODELS[name]
@@ -150,8 +113,11 @@ def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: bool, compile_: bo
     model.backend, model.grad_cp, model.compile = "fla", grad_cp, compile_
     assert not model.head.weight.requires_grad
 
+    normalizer = torch.tensor(float(bsz * ctx), device="cuda")
+
     def loss_of(tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return frozen_head_ce(model.hidden(tokens)[0], model.head.weight, targets)
+        # The trainer's graph-capturable loss (no host sync), so what is timed here is what it runs.
+        return dense_head_loss(model.hidden(tokens)[0], model.head.weight, targets, normalizer, torch.bfloat16)
 
     groups = [p for n, p in model.named_parameters() if p.requires_grad]
     assert groups, "nothing trains"

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import rwkv_peft.train.loss as loss_module
-from rwkv_peft.train.loss import L2WRAP, head_loss
+from rwkv_peft.train.loss import L2WRAP, dense_head_loss, head_loss
 
 
 def reference(hidden, weight, labels, normalizer):
@@ -17,9 +17,10 @@ def reference(hidden, weight, labels, normalizer):
     return ce, ce + L2WRAP / 2 * kept.max(-1).values.square().sum() / normalizer
 
 
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
 @pytest.mark.parametrize("head_trains", [False, True])
-def test_value_and_gradients(monkeypatch, chunk_rows, head_trains):
+def test_value_and_gradients(monkeypatch, chunk_rows, head_trains, dense):
     V = 50
     monkeypatch.setattr(loss_module, "_CHUNK_LOGITS", chunk_rows * V)
     g = torch.Generator().manual_seed(0)
@@ -27,7 +28,10 @@ def test_value_and_gradients(monkeypatch, chunk_rows, head_trains):
     weight = torch.randn(V, 16, generator=g, requires_grad=head_trains)
     labels = torch.randint(0, V, (2, 7), generator=g)
     labels[0, :3] = -100
-    loss, n = head_loss(hidden, weight, labels, normalizer=13.0)
+    if dense:  # the CUDA-graph path: every row through the head, ignored ones weighted 0, tensor normalizer
+        loss, n = dense_head_loss(hidden, weight, labels, normalizer=torch.tensor(13.0)), 11
+    else:
+        loss, n = head_loss(hidden, weight, labels, normalizer=13.0)
     loss.backward(torch.tensor(2.0))  # the incoming gradient scales everything (loss scaling, accumulation)
     got = hidden.grad.clone(), None if weight.grad is None else weight.grad.clone()
     hidden.grad = weight.grad = None

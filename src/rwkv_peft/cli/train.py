@@ -23,7 +23,7 @@ METAVARS = {int: "N", float: "X"}
 
 
 def add_parser(sub) -> None:
-    from ..train.config import LEAVES, SECTIONS
+    from ..train.config import LEAVES, SECTIONS, SWITCH
 
     p = sub.add_parser("train", help="fine-tune a model (LoRA, PiSSA, MiSS/DiSHA, State tuning, full)",
                        description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
                 continue
             kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata["help"].replace("%", "%%"),
                       "metavar": METAVARS.get(tp, "TEXT")}
-            if tp is bool:
+            if tp is bool or f.metadata.get("choices") == SWITCH:  # a bare --grad_cp / --compile means 1
                 kwargs.update(nargs="?", const="1", metavar="0|1")
             elif name == "train_parts":
                 kwargs.update(nargs="*", metavar="PART")
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
                 kwargs.update(action="append", dest=name, metavar="PROMPT")
                 group.add_argument("--sample_prompt", **kwargs)
                 continue
-            if f.metadata.get("choices"):
+            if f.metadata.get("choices") and "nargs" not in kwargs:
                 kwargs["metavar"] = "|".join(f.metadata["choices"])
             group.add_argument(f"--{name}", **kwargs)
     p.set_defaults(func=run)

@@ -32,6 +32,14 @@ class Batch:
         """Trained label positions: throughput is counted over these, not over padding."""
         return int((self.labels != IGNORE).sum())
 
+    def pad_to(self, t: int) -> Batch:
+        """The same rows padded at the end to T = t (pad id, no labels); unpacked batches only."""
+        extra = t - self.input_ids.shape[1]
+        if extra <= 0 or self.cu_seqlens is not None:
+            return self
+        pad = torch.nn.functional.pad
+        return Batch(pad(self.input_ids, (0, extra), value=PAD_ID), pad(self.labels, (0, extra), value=IGNORE))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device, non_blocking=non_blocking)
         return Batch(self.input_ids.to(device, non_blocking=non_blocking),
@@ -48,6 +56,17 @@ def row_length(rows: list[list[tuple[int, int]]], ctx_len: int, fixed_len: bool)
         return ctx_len
     longest = max(sum(n for _, n in row) for row in rows)
     return min(ctx_len, -(-longest // ROUND_T) * ROUND_T)
+
+
+def bucket_length(t: int, ctx_len: int) -> int:
+    """The shortest of ctx_len/4, ctx_len/2, ctx_len (rounded up to 16) that holds t tokens: a compiled or
+    CUDA-graphed step needs few distinct shapes (each one compiles and captures once), and padding only up to a
+    bucket wastes less on short chat data than padding everything to ctx_len."""
+    for size in (ctx_len // 4, ctx_len // 2):
+        size = -(-size // ROUND_T) * ROUND_T
+        if t <= size:
+            return size
+    return max(t, ctx_len)
 
 
 def collate(dataset: TokenDataset, rows: list[list[tuple[int, int]]], packed: bool, fixed_len: bool = False) -> Batch:

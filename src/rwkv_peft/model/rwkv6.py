@@ -96,7 +96,7 @@ class TimeMix(nn.Module):
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv6(heads(r), heads(log_w), heads(k), heads(v), self.time_faaaa, wkv_state,
                             cu_seqlens=cu_seqlens, backend=backend)
-        y = self.ln_x(y.reshape(B * T, A)).view(B, T, A)
+        y = self.ln_x(y.reshape(B * T, A)).view(B, T, A).to(r.dtype)
         return self.output(y * g), x[:, -1], wkv_state
 
 
@@ -127,11 +127,12 @@ class Block(nn.Module):
         self.ffn = ChannelMix(cfg)
 
     def forward(self, x, att_shift, wkv_state, ffn_shift, cu_seqlens, backend):
+        # Norm outputs back in the residual's dtype: see rwkv7.Block (autocast runs norms in fp32).
         if self.layer_id == 0:
-            x = self.ln0(x)
-        dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state, cu_seqlens, backend)
+            x = self.ln0(x).to(x.dtype)
+        dx, att_shift, wkv_state = self.att(self.ln1(x).to(x.dtype), att_shift, wkv_state, cu_seqlens, backend)
         x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, cu_seqlens)
+        dx, ffn_shift = self.ffn(self.ln2(x).to(x.dtype), ffn_shift, cu_seqlens)
         return x + dx, att_shift, wkv_state, ffn_shift
 
 

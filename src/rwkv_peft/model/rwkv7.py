@@ -121,7 +121,7 @@ class TimeMix(nn.Module):
         y, wkv_state = wkv7(heads(r), heads(log_w), heads(k), heads(v), -kk, kk * heads(iclr), wkv_state,
                             cu_seqlens=cu_seqlens, backend=backend)
 
-        y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
+        y = self.ln_x(y.reshape(B * T, C)).view(B, T, C).to(r.dtype)
         bonus = (heads(r) * heads(k) * self.r_k).sum(-1, keepdim=True) * heads(v)
         y = y + bonus.view(B, T, C)
         return self.output(y * g), v_first, x[:, -1], wkv_state
@@ -154,9 +154,13 @@ class Block(nn.Module):
         self.ffn = ChannelMix(cfg)
 
     def forward(self, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, backend):
-        dx, v_first, att_shift, wkv_state = self.att(self.ln1(x), v_first, att_shift, wkv_state, cu_seqlens, backend)
+        # The norms' outputs are cast back to the residual stream's dtype: autocast runs LayerNorm/GroupNorm in
+        # fp32 and would otherwise turn every elementwise op after them into fp32 work plus casts (bf16 training:
+        # the residual is bf16, as in RWKV-LM's bf16 training; fp32 models are unaffected).
+        dx, v_first, att_shift, wkv_state = self.att(self.ln1(x).to(x.dtype), v_first, att_shift, wkv_state,
+                                                     cu_seqlens, backend)
         x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, cu_seqlens)
+        dx, ffn_shift = self.ffn(self.ln2(x).to(x.dtype), ffn_shift, cu_seqlens)
         return x + dx, v_first, att_shift, wkv_state, ffn_shift
 
 
@@ -196,7 +200,8 @@ class RWKV7(nn.Module):
         state None starts every sequence fresh (zeros, or the tuned time_state). With cu_seqlens (B = 1) each
         packed document starts fresh; the returned WKV states are then one per document.
         """
-        x = self.blocks[0].ln0(self.emb(tokens))
+        e = self.emb(tokens)
+        x = self.blocks[0].ln0(e).to(e.dtype)
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         v_first = None
         new = RWKVState([], [], [])

@@ -22,6 +22,8 @@ import yaml
 
 from ..errors import UserError
 
+# auto / on / off settings; true/false and 1/0 spellings are accepted and stored as "1"/"0".
+SWITCH = ("auto", "1", "0")
 # A JSON object given as a string on the command line (the seeds' --lora_config '{...}') or a mapping in YAML.
 JsonText = str | dict
 
@@ -46,7 +48,10 @@ class ModelSection:
     dim_ffn: int = opt(0, "optional: checked against the checkpoint")
     op: str = opt("auto", "WKV kernel backend: auto, torch, fla, cuda (whichever this install registers)")
     grad_cp: bool = opt(False, "recompute each block's activations in backward (less memory, ~30% slower)")
-    compile: bool = opt(False, "torch.compile each block (RWKV-7; faster on a GPU once compiled)")
+    compile: str = opt("auto", "torch.compile each block (RWKV-7): auto (on a GPU), 1, 0; the first steps compile",
+                       SWITCH)
+    cuda_graph: str = opt("auto", "replay each micro-batch's forward+backward as one CUDA graph: auto (on a GPU "
+                          "when the run allows it), 1, 0", SWITCH)
     pre_ffn: int = opt(0, "legacy RWKV-4 flag; only 0 is accepted")
     head_qk: int = opt(0, "legacy RWKV-4 flag; only 0 is accepted")
 
@@ -200,6 +205,8 @@ def coerce(value: Any, leaf: tuple[str, dataclasses.Field, Any], where: str) -> 
     except (TypeError, ValueError):
         raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}") from None
     choices = f.metadata.get("choices")
+    if choices == SWITCH and isinstance(out, str) and out.lower() in _TRUE | _FALSE:
+        out = "1" if out.lower() in _TRUE else "0"
     if choices and out not in choices:
         raise UserError(f"{where}: {out!r} is not one of {', '.join(choices)}")
     return out
@@ -225,6 +232,8 @@ def _convert(value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ValueError
+        if isinstance(value, bool):  # YAML's `compile: true`
+            return "1" if value else "0"
         return str(value)
     if tp == JsonText:
         if isinstance(value, (dict, str)):

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .. import adapters
+from ..data.batch import bucket_length
 from ..errors import UserError
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, save_checkpoint
@@ -29,7 +30,8 @@ from .config import TrainConfig
 from .dist import DistInfo, resolve_device
 from .eval import evaluate, sample
 from .infctx import infctx_backward
-from .loss import head_loss
+from .graph import GraphedStep
+from .loss import dense_head_loss, head_loss
 from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
 from .optim import apply_schedule
 from .rng import rng_state, set_rng_state
@@ -84,6 +86,9 @@ class Trainer:
         self.tokens, self.elapsed, self.started = 0, 0.0, time.time()
         self.last_saved: int | None = None
         self.last_loss, self.last_val, self.adapter_file = math.nan, None, None
+        # Compiled or graphed steps want few distinct shapes: rows are padded up to bucket lengths.
+        self.bucketed = s.model.compile or s.cuda_graph
+        self.graphed = GraphedStep(self._dense_forward_backward, s.trainable) if s.cuda_graph else None
         if self.resume is not None:
             self._restore(self.resume)
         self.log = RunLogger(s.proj_dir, self.dist.is_main, cfg.log.progress, cfg.log.log_every, self.step,
@@ -144,7 +149,10 @@ class Trainer:
         s, cfg = self.s, self.cfg
         t0 = time.time()
         lr = apply_schedule(s.optimizer, s.schedule, self.step)
-        micro = [next(batches).to(self.device, non_blocking=True) for _ in range(cfg.optim.accumulate_grad_batches)]
+        micro = [next(batches) for _ in range(cfg.optim.accumulate_grad_batches)]
+        if self.bucketed:
+            micro = [b.pad_to(bucket_length(b.input_ids.shape[1], cfg.data.ctx_len)) for b in micro]
+        micro = [b.to(self.device, non_blocking=True) for b in micro]
         n_tokens = sum(b.num_tokens for b in micro)
         normalizer = max(1, n_tokens)
         # fp16: the scaler's current factor (scaling a unit also starts the scaler on its first step).
@@ -158,7 +166,7 @@ class Trainer:
             s.scaler.update()
         else:
             s.optimizer.step()
-        s.optimizer.zero_grad(set_to_none=True)
+        s.optimizer.zero_grad(set_to_none=self.graphed is None)  # a captured backward adds into the same tensors
         self.step += 1
         self.tokens += n_tokens
         self.last_loss = loss
@@ -173,6 +181,15 @@ class Trainer:
     def forward_backward(self, batch, normalizer: int, scale: float = 1.0) -> float:
         """Backward of one micro-batch's share of the step loss (times `scale`); returns its sum of CE."""
         s = self.s
+        if self.graphed is not None:
+            try:
+                return float(self.graphed(batch.input_ids, batch.labels, float(normalizer))) * normalizer
+            except RuntimeError as e:  # a capture failed (nothing ran in it); auto mode goes on without graphs
+                if self.cfg.model.cuda_graph == "1":
+                    raise
+                self.log.echo(f"CUDA graph capture failed ({str(e).splitlines()[0][:160]}); continuing without "
+                              "--cuda_graph", log=True)
+                self.graphed = None
         if s.chunk_ctx:
             return infctx_backward(s.model, batch.input_ids, batch.labels, s.chunk_ctx, normalizer, s.precision,
                                    scale)[0]
@@ -182,6 +199,16 @@ class Trainer:
         if loss.requires_grad:
             (loss * scale).backward()
         return float(loss.detach()) * normalizer
+
+    def _dense_forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                                normalizer: torch.Tensor) -> torch.Tensor:
+        """forward_backward without host syncs (what a CUDA graph captures); returns the detached step loss."""
+        s = self.s
+        with s.precision.autocast():
+            hidden, _ = s.model.hidden(input_ids)
+        loss = dense_head_loss(hidden, s.model.head.weight, labels, normalizer, s.precision.compute_dtype)
+        loss.backward()
+        return loss.detach()
 
     def _unscale_and_clip(self) -> float:
         s = self.s

@@ -27,8 +27,8 @@ class _HeadCrossEntropy(torch.autograd.Function):
     """sum(CE(x @ W^T, y)) / normalizer with L2Wrap, gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, normalizer: float, compute_dtype: torch.dtype,
-                want_grad: bool, chunk_rows: int) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, normalizer: "float | Tensor",
+                compute_dtype: torch.dtype, want_grad: bool, chunk_rows: int) -> Tensor:
         need_x = want_grad and x.requires_grad
         need_w = want_grad and weight.requires_grad
         w = weight.to(compute_dtype)
@@ -39,16 +39,19 @@ class _HeadCrossEntropy(torch.autograd.Function):
         for lo in range(0, x.shape[0], chunk_rows):
             xc, yc = x[lo:lo + chunk_rows].to(compute_dtype), targets[lo:lo + chunk_rows]
             n = yc.shape[0]
+            # Rows labelled IGNORE (only present on the dense path) weigh 0 in the loss and in every gradient.
+            valid = yc != IGNORE
+            yc = yc.clamp(min=0)
             logits = (xc @ w.t()).float()                                       # [n, V]
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, yc[:, None])[:, 0]).sum()
+            total += ((lse - logits.gather(1, yc[:, None])[:, 0]) * valid).sum()
             if not (need_x or need_w):
                 continue
             top, top_idx = logits.max(dim=-1)
             grad = logits.sub_(lse[:, None]).exp_()                             # softmax, in place
             grad[rows[:n], yc] -= 1.0
             grad[rows[:n], top_idx] += L2WRAP * top
-            grad = grad.div_(normalizer).to(compute_dtype)
+            grad = grad.mul_((valid / normalizer)[:, None]).to(compute_dtype)
             if need_x:
                 grad_x[lo:lo + n] = (grad @ w).to(x.dtype)
             if need_w:
@@ -83,3 +86,13 @@ def head_loss(hidden: Tensor, weight: Tensor, labels: Tensor, normalizer: float,
     chunk_rows = max(1, _CHUNK_LOGITS // weight.shape[0])
     loss = _HeadCrossEntropy.apply(x, weight, flat[keep], float(normalizer), compute_dtype, want_grad, chunk_rows)
     return loss, n
+
+
+def dense_head_loss(hidden: Tensor, weight: Tensor, labels: Tensor, normalizer: Tensor,
+                    compute_dtype: torch.dtype = torch.float32) -> Tensor:
+    """`head_loss` without a host sync, for a step captured in a CUDA graph: every position goes through the head
+    (untrained ones weigh 0), and `normalizer` is a 0-d tensor. Returns sum(CE)/normalizer with gradient."""
+    x = hidden.reshape(-1, hidden.shape[-1])
+    want_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    chunk_rows = max(1, _CHUNK_LOGITS // weight.shape[0])
+    return _HeadCrossEntropy.apply(x, weight, labels.reshape(-1), normalizer, compute_dtype, want_grad, chunk_rows)

@@ -46,6 +46,7 @@ class Session:
     start_step: int
     end_step: int
     chunk_ctx: int
+    cuda_graph: bool
     resolved: dict
     notes: list[str] = field(default_factory=list)
     _tokenizer: Tokenizer | None = None
@@ -67,7 +68,9 @@ class Session:
                  f"schedule: {self.schedule.kind}, {r['steps_per_epoch']} steps/epoch x {r['epoch_count']} epochs = "
                  f"{r['total_steps']} steps; this run: step {step} -> {self.end_step}"
                  + (f" (resumed from {resumed_from})" if resumed_from else ""),
-                 f"precision {self.precision.name} on {r['device']}, seed {r['seed']}, outputs in {self.proj_dir}/"]
+                 f"precision {self.precision.name} on {r['device']}"
+                 + "".join(f", {what}" for what in ("compile", "cuda_graph") if r[what])
+                 + f", seed {r['seed']}, outputs in {self.proj_dir}/"]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
@@ -85,7 +88,10 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
     if state:
         raise UserError(f"{m.load_model} carries merged time_state tensors; train from the plain base model and "
                         "mount the state with --state instead")
-    model = model_from_state_dict(base, m.load_model, device, precision.frozen_dtype)
+    # A quantized base is built on the CPU and quantized layer by layer onto the GPU (build_session), so the
+    # full-precision weights never occupy it: the GPU's peak memory is the quantized model's.
+    build_on = torch.device("cpu") if cfg.adapter.quant != "none" else device
+    model = model_from_state_dict(base, m.load_model, build_on, precision.frozen_dtype)
     mc = model.config
     check_against(mc, m.load_model, n_layer=m.n_layer, n_embd=m.n_embd, vocab_size=m.vocab_size,
                   head_size=m.head_size_a, dim_ffn=m.dim_ffn)
@@ -100,12 +106,32 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
     if m.op not in ("auto", *known):
         raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
                         "drop --op to pick the best available")
-    if m.compile and mc.version != 7:
+    if m.compile == "1" and mc.version != 7:
         raise UserError("--compile is available for RWKV-7 models only; drop it for this RWKV-6 model")
     model.backend, model.grad_cp = m.op, m.grad_cp
-    if m.compile:
-        model.compile = True
     return model
+
+
+def _speedups(cfg: TrainConfig, device: torch.device, version: int, precision: Precision, chunk_ctx: int,
+              dist: DistInfo) -> tuple[bool, bool]:
+    """(compile the blocks, replay micro-batches as CUDA graphs), from --compile / --cuda_graph.
+
+    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7 on a full-precision
+    base (bitsandbytes' ops are not traced); graphs when every micro-batch can keep a fixed shape and run without
+    host syncs, i.e. not with fp16 (the loss scaler), infctx chunks, packed rows, or several processes (DDP's
+    hooks). Asking for one (1) where it cannot work is an error that says why.
+    """
+    m, cuda = cfg.model, device.type == "cuda"
+    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7 and cfg.adapter.quant == "none")
+    blockers = [why for why, blocked in (
+        ("it needs a CUDA device", not cuda),
+        ("--precision fp16 rescales the loss between steps", precision.name == "fp16"),
+        ("infctx training runs each sample in chunks", bool(chunk_ctx)),
+        ("--dataload pack changes the document boundaries every step", cfg.data.dataload == "pack"),
+        ("several processes synchronize gradients through DDP hooks", dist.world_size > 1)) if blocked]
+    if m.cuda_graph == "1" and blockers:
+        raise UserError(f"--cuda_graph 1 is not possible here: {'; '.join(blockers)}; use --cuda_graph auto")
+    return compile_, m.cuda_graph != "0" and not blockers
 
 
 def _data(cfg: TrainConfig, seed: int, tokenizer: Tokenizer | None, data_file: str, data_type: str,
@@ -126,9 +152,13 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     precision = Precision(cfg.run.precision, device)
     precision.configure_backends()
     model = _load_base(cfg, device, precision)
+    chunk_ctx = cfg.data.chunk_ctx if cfg.adapter.train_type == "infctx" else 0
+    model.compile, cuda_graph = _speedups(cfg, device, model.config.version, precision, chunk_ctx, dist)
     spec = adapters.spec_from_flags(_adapter_flags(cfg))
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
-    quantize_model(model, spec.quant)  # after the adapter: PiSSA's SVD needs the full-precision weights
+    # After the adapter: PiSSA's SVD needs the full-precision weights.
+    quantize_model(model, spec.quant, device=device if spec.quant != "none" else None)
+    model.to(device)
     named = adapters.trainable_parameters(model)
     if not named:
         raise UserError("nothing to train: the adapter settings leave every parameter frozen")
@@ -187,8 +217,9 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                 "data_file": cfg.data.data_file, "documents": train_data.num_docs, "data_tokens": train_data.data_size,
                 "ctx_len": cfg.data.ctx_len, "micro_bsz": cfg.data.micro_bsz, "accumulate": o.accumulate_grad_batches,
                 "world_size": dist.world_size, "steps_per_epoch": steps_per_epoch, "epoch_count": s.epoch_count,
-                "total_steps": total, "device": str(device), "seed": seed,
+                "total_steps": total, "device": str(device), "seed": seed, "compile": model.compile,
+                "cuda_graph": cuda_graph,
                 "state_lr": [st_init, st_final] if spec.state else None}
     return Session(Path(cfg.run.proj_dir), precision, model, spec, info, identity, list(named.values()), optimizer,
-                   precision.grad_scaler(), schedule, loader, val_data, steps_per_epoch, start, end,
-                   cfg.data.chunk_ctx if cfg.adapter.train_type == "infctx" else 0, resolved, notes, tokenizer)
+                   precision.grad_scaler(), schedule, loader, val_data, steps_per_epoch, start, end, chunk_ctx,
+                   cuda_graph, resolved, notes, tokenizer)

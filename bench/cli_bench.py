@@ -1,0 +1,96 @@
+"""Speed and memory of the trainer itself: `rwkv_peft.train` (what `rwkv-peft train` runs) on the anchor's
+configuration, so the numbers are what a user gets, start-up choices included (--compile / --cuda_graph auto).
+
+The setup mirrors reference/anchor-baseline.md: a random-init checkpoint with the official RWKV-7 key names and
+shapes, a binidx file of random tokens in documents of 1100 tokens (every ctx-1024 sample full), --dataload pad,
+--loss_mask pad, bf16, the method's RWKV-PEFT default train_parts (time ln for weight adapters). Throughput is the
+median of the trainer's own per-step Kt/s after the warm-up steps (compilation, autotuning and graph capture
+happen there); memory: the allocator's peak reserved bytes and nvidia-smi's used memory at the end (process total).
+
+    python bench/cli_bench.py --model 1.5b --method lora --ctx 1024 --bsz 1 --steps 30
+    python bench/cli_bench.py --model 1.5b --method lora extra=cuda_graph=0 extra=compile=0   # the eager trainer
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rwkv_peft.data.binidx import write_binidx
+from rwkv_peft.model import RWKV7Config
+from rwkv_peft.model.checkpoint import write_checkpoint
+from rwkv_peft.model.init import random_state_dict
+from rwkv_peft.train import build_config, train
+
+MODELS = {"tiny": (2, 128), "0.1b": (12, 768), "0.4b": (24, 1024), "1.5b": (24, 2048), "2.9b": (32, 2560), "7b": (32, 4096)}
+METHODS = {  # the issue's methods, as the seeds' flags spell them
+    "lora": {"peft": "lora", "lora_config": '{"lora_r":64,"lora_alpha":128,"lora_dropout":0}'},
+    "pissa": {"peft": "pissa", "pissa_config": '{"pissa_r":32}'},
+    "miss": {"peft": "miss", "peft_config": '{"r":64}'},
+    "state": {"train_type": "state", "lr_init": 1.0, "lr_final": 0.01},
+}
+
+
+def files(model: str, cache: Path) -> tuple[Path, Path]:
+    """(checkpoint, binidx prefix) for `model`, written once into `cache`."""
+    cache.mkdir(parents=True, exist_ok=True)
+    ckpt, data = cache / f"rwkv7-{model}-random.pth", cache / "random-tokens"
+    if not ckpt.exists():
+        n_layer, n_embd = MODELS[model]
+        write_checkpoint(random_state_dict(RWKV7Config(n_layer, n_embd), seed=0), ckpt)
+    if not Path(f"{data}.bin").exists():
+        rng = np.random.default_rng(0)
+        write_binidx(str(data), (rng.integers(1, 65536, 1100, dtype=np.uint16) for _ in range(4000)))
+    return ckpt, data
+
+
+def smi_gib() -> float:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]) / 1024 if out else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="1.5b", choices=MODELS)
+    ap.add_argument("--method", default="lora", choices=METHODS)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--bsz", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=8, help="steps left out of the median")
+    ap.add_argument("--cache", default="/tmp/rwkv-peft-bench")
+    ap.add_argument("--out", help="append the result as a JSON line here")
+    ap.add_argument("extra", nargs="*", help="more trainer settings, key=value (grad_cp=1, quant=nf4, op=fla, ...)")
+    args = ap.parse_args()
+
+    ckpt, data = files(args.model, Path(args.cache))
+    with tempfile.TemporaryDirectory() as proj:
+        flags = {"load_model": str(ckpt), "data_file": str(data), "data_type": "binidx", "dataload": "pad",
+                 "loss_mask": "pad", "ctx_len": args.ctx, "micro_bsz": args.bsz, "epoch_steps": args.steps,
+                 "epoch_count": 1, "precision": "bf16", "proj_dir": proj, "lr_init": 2e-5, "lr_final": 2e-5,
+                 "plot": False, "progress": "none", **METHODS[args.method]}
+        cfg = build_config(flags, overrides=args.extra)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        train(cfg)
+        records = [json.loads(line) for line in (Path(proj) / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["kt_s"] for r in records if "kt_s" in r][args.warmup:]
+    result = {"model": args.model, "method": args.method, "ctx": args.ctx, "bsz": args.bsz, "extra": args.extra,
+              "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
+              "torch": torch.__version__}
+    if torch.cuda.is_available():
+        result |= {"torch_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+                   "smi_gib": round(smi_gib(), 2), "device": torch.cuda.get_device_name()}
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

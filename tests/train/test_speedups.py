@@ -1,0 +1,63 @@
+"""--compile and --cuda_graph: the trainer's fast paths train exactly what the plain eager path trains.
+
+The GPU tests compare runs that differ only in the speed settings, step by step. Where both run in fp32 the
+difference is summation order (the graphed loss sums every row with ignored rows weighted 0): bound GRAPH_FP32.
+Under bf16 with compiled blocks the kernels differ (fused elementwise work rounds differently): bound BF16.
+"""
+
+import pytest
+import torch
+
+from .helpers import losses, run_cli, train_args
+
+GRAPH_FP32 = 1e-5   # relative, per step loss
+BF16 = 2e-2         # relative, per step loss
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and the GPU fast paths need a GPU")
+
+
+def gpu_args(base, data, proj, *extra):
+    args = train_args(base, data, proj, *extra, steps=12)
+    at = args.index("--accelerator")
+    args[at + 1] = "gpu"
+    return args
+
+
+def test_cuda_graph_on_cpu_is_a_clear_error(base, data, tmp_path):
+    r = run_cli(*train_args(base, data, tmp_path / "p", "--peft", "lora", "--cuda_graph", "1", steps=2))
+    assert r.rc == 2 and "--cuda_graph 1 is not possible here: it needs a CUDA device" in r.err
+
+
+def test_auto_is_off_on_cpu(base, data, tmp_path):
+    r = run_cli(*train_args(base, data, tmp_path / "p", "--peft", "lora", steps=2))
+    assert r.rc == 0 and "cuda_graph" not in r.out and "compile," not in r.out
+
+
+@cuda
+@pytest.mark.parametrize("method", [("--peft", "lora"), ("--train_type", "state")])
+def test_graphed_steps_equal_eager_steps(base, data, tmp_path, method):
+    runs = {}
+    for graph in ("0", "1"):
+        proj = tmp_path / f"graph{graph}"
+        r = run_cli(*gpu_args(base, data, proj, *method, "--op", "torch", "--compile", "0", "--cuda_graph", graph,
+                              "--accumulate_grad_batches", "2"))
+        assert r.rc == 0, r.err
+        runs[graph] = losses(proj)
+    assert "cuda_graph" in (tmp_path / "graph1" / "train_log.txt").read_text()
+    for eager, graphed in zip(runs["0"], runs["1"]):
+        assert abs(graphed - eager) <= GRAPH_FP32 * abs(eager)
+
+
+@cuda
+def test_compiled_graphed_bf16_run_follows_the_eager_one(base, data, tmp_path):
+    runs = {}
+    for name, fast in (("eager", "0"), ("fast", "auto")):
+        proj = tmp_path / name
+        r = run_cli(*gpu_args(base, data, proj, "--peft", "lora", "--precision", "bf16", "--compile", fast,
+                              "--cuda_graph", fast))
+        assert r.rc == 0, r.err
+        runs[name] = losses(proj)
+    assert "compile, cuda_graph" in (tmp_path / "fast" / "train_log.txt").read_text()
+    assert runs["fast"][-1] < runs["fast"][0]
+    for eager, fast in zip(runs["eager"], runs["fast"]):
+        assert abs(fast - eager) <= BF16 * abs(eager)
