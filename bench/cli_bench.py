@@ -8,7 +8,7 @@ median of the trainer's own per-step Kt/s after the warm-up steps (compilation, 
 happen there); memory: the allocator's peak reserved bytes and nvidia-smi's used memory at the end (process total).
 
     python bench/cli_bench.py --model 1.5b --method lora --ctx 1024 --bsz 1 --steps 30
-    python bench/cli_bench.py --model 1.5b --method lora extra=cuda_graph=0 extra=compile=0   # the eager trainer
+    python bench/cli_bench.py --model 1.5b --method lora cuda_graph=0 compile=0   # the eager trainer
 """
 
 import argparse
@@ -84,7 +84,8 @@ def main() -> None:
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
     if torch.cuda.is_available():
-        result |= {"torch_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        result |= {"torch_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                   "torch_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
                    "smi_gib": round(smi_gib(), 2), "device": torch.cuda.get_device_name()}
     print(json.dumps(result))
     if args.out:

@@ -1,14 +1,17 @@
 """--compile and --cuda_graph: the trainer's fast paths train exactly what the plain eager path trains.
 
 The GPU tests compare runs that differ only in the speed settings, step by step. Where both run in fp32 the
-difference is summation order (the graphed loss sums every row with ignored rows weighted 0): bound GRAPH_FP32.
-Under bf16 with compiled blocks the kernels differ (fused elementwise work rounds differently): bound BF16.
+difference is summation order (the graphed loss sums every row with ignored rows weighted 0, rows are padded to
+bucket lengths): bound GRAPH_FP32 on every step's loss and gradient norm. The learning rate is tiny there because
+Adam turns gradient components at rounding-noise level into full-size updates, which would make two exact runs
+drift apart for reasons unrelated to what is tested. Under bf16 with compiled blocks the kernels differ (fused
+elementwise work rounds differently): bound BF16 on the loss curve.
 """
 
 import pytest
 import torch
 
-from .helpers import losses, run_cli, train_args
+from .helpers import losses, records, run_cli, train_args
 
 GRAPH_FP32 = 1e-5   # relative, per step loss
 BF16 = 2e-2         # relative, per step loss
@@ -34,18 +37,21 @@ def test_auto_is_off_on_cpu(base, data, tmp_path):
 
 
 @cuda
-@pytest.mark.parametrize("method", [("--peft", "lora"), ("--train_type", "state")])
+# No dropout: its masks are drawn per padded shape, and the graphed run pads rows to other lengths.
+@pytest.mark.parametrize("method", [("--peft", "lora", "--lora_config", '{"lora_dropout":0}'),
+                                    ("--train_type", "state")])
 def test_graphed_steps_equal_eager_steps(base, data, tmp_path, method):
     runs = {}
     for graph in ("0", "1"):
         proj = tmp_path / f"graph{graph}"
         r = run_cli(*gpu_args(base, data, proj, *method, "--op", "torch", "--compile", "0", "--cuda_graph", graph,
-                              "--accumulate_grad_batches", "2"))
+                              "--accumulate_grad_batches", "2", "--lr_init", "1e-6", "--lr_final", "1e-6"))
         assert r.rc == 0, r.err
-        runs[graph] = losses(proj)
+        runs[graph] = records(proj)
     assert "cuda_graph" in (tmp_path / "graph1" / "train_log.txt").read_text()
-    for eager, graphed in zip(runs["0"], runs["1"]):
-        assert abs(graphed - eager) <= GRAPH_FP32 * abs(eager)
+    for eager, graphed in zip(runs["0"], runs["1"], strict=True):
+        for key in ("loss", "grad_norm"):
+            assert abs(graphed[key] - eager[key]) <= GRAPH_FP32 * abs(eager[key]), (key, eager["step"])
 
 
 @cuda
@@ -53,8 +59,8 @@ def test_compiled_graphed_bf16_run_follows_the_eager_one(base, data, tmp_path):
     runs = {}
     for name, fast in (("eager", "0"), ("fast", "auto")):
         proj = tmp_path / name
-        r = run_cli(*gpu_args(base, data, proj, "--peft", "lora", "--precision", "bf16", "--compile", fast,
-                              "--cuda_graph", fast))
+        r = run_cli(*gpu_args(base, data, proj, "--peft", "lora", "--lora_config", '{"lora_dropout":0}',
+                              "--precision", "bf16", "--compile", fast, "--cuda_graph", fast))
         assert r.rc == 0, r.err
         runs[name] = losses(proj)
     assert "compile, cuda_graph" in (tmp_path / "fast" / "train_log.txt").read_text()

@@ -97,8 +97,11 @@ class TimeMix(nn.Module):
         wkv_state [B, H, N, N] fp32. Returns (delta for the residual, v_first, new shift, new WKV state)."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
+        # Elementwise work runs in the residual's dtype (bf16 in bf16 training) even where the parameter is a
+        # trained fp32 master copy (train_parts time): `c` casts it; autograd carries the gradient back in fp32.
+        c = lambda p: p.to(x.dtype)  # noqa: E731
         d = token_shift(x, shift, cu_seqlens) - x
-        xr, xw, xk, xv, xa, xg = (x + d * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        xr, xw, xk, xv, xa, xg = (x + d * c(m) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
 
         r = self.receptance(xr)
         k = self.key(xk)
@@ -110,19 +113,19 @@ class TimeMix(nn.Module):
         if v_first is None:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
-        iclr = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+            v = v + (v_first - v) * torch.sigmoid(c(self.v0) + (xv @ self.v1) @ self.v2)
+        iclr = torch.sigmoid(c(self.a0) + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
 
         # kk (the removal key) is built from k BEFORE the iclr rescaling below.
-        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1)
-        k = k * (1 + (iclr - 1) * self.k_a)
+        kk = F.normalize((k * c(self.k_k)).view(B, T, H, N), dim=-1)
+        k = k * (1 + (iclr - 1) * c(self.k_a))
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv7(heads(r), heads(log_w), heads(k), heads(v), -kk, kk * heads(iclr), wkv_state,
                             cu_seqlens=cu_seqlens, backend=backend)
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C).to(r.dtype)
-        bonus = (heads(r) * heads(k) * self.r_k).sum(-1, keepdim=True) * heads(v)
+        bonus = (heads(r) * heads(k) * c(self.r_k)).sum(-1, keepdim=True) * heads(v)
         y = y + bonus.view(B, T, C)
         return self.output(y * g), v_first, x[:, -1], wkv_state
 
@@ -138,7 +141,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor | None, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor]:
         """x: ln2 output [B, T, C]. Returns (delta for the residual, new shift [B, C])."""
-        xk = x + (token_shift(x, shift, cu_seqlens) - x) * self.x_k
+        xk = x + (token_shift(x, shift, cu_seqlens) - x) * self.x_k.to(x.dtype)
         return self.value(torch.relu(self.key(xk)) ** 2), x[:, -1]
 
 

@@ -67,6 +67,8 @@ def wkv7_fla(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     """
     from fla.ops.rwkv7 import chunk_rwkv7
 
+    # fla's kernels want one dtype for r, k, v, a, b (a trained fp32 parameter upstream can promote some of them).
+    k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
     n = r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
     y, final = chunk_rwkv7(r, log_w, k, v, a, b, scale=1.0, initial_state=_fla_state(state, n),
                            output_final_state=True, **_packing(cu_seqlens, r.device), **WKV7_KERNEL)
@@ -79,6 +81,7 @@ def wkv6_fla(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: T
     u [H, N], state [B or 1, H, N, N] fp32 or None. Returns y [B, T, H, N] and the fp32 final state."""
     from fla.ops.rwkv6 import chunk_rwkv6
 
+    k, v = k.to(r.dtype), v.to(r.dtype)
     n = r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
     y, final = chunk_rwkv6(r, k, v, log_w, u, scale=1.0, initial_state=_fla_state(state, n),
                            output_final_state=True, **_packing(cu_seqlens, r.device))

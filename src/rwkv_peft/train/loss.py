@@ -19,8 +19,9 @@ from torch import Tensor
 
 IGNORE = -100
 L2WRAP = 1e-4
-# Rows per chunk: 2^26 logits (256 MB in fp32) for the World vocabulary, at least one row.
-_CHUNK_LOGITS = 1 << 26
+# Rows per chunk: 2^24 logits (64 MB in fp32; 256 rows of the World vocabulary), at least one row. The chunk's
+# logits, softmax and its bf16 copy are the loss's whole working set; 256-row GEMMs still run at full rate.
+_CHUNK_LOGITS = 1 << 24
 
 
 class _HeadCrossEntropy(torch.autograd.Function):

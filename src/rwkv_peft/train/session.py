@@ -116,13 +116,13 @@ def _speedups(cfg: TrainConfig, device: torch.device, version: int, precision: P
               dist: DistInfo) -> tuple[bool, bool]:
     """(compile the blocks, replay micro-batches as CUDA graphs), from --compile / --cuda_graph.
 
-    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7 on a full-precision
-    base (bitsandbytes' ops are not traced); graphs when every micro-batch can keep a fixed shape and run without
-    host syncs, i.e. not with fp16 (the loss scaler), infctx chunks, packed rows, or several processes (DDP's
-    hooks). Asking for one (1) where it cannot work is an error that says why.
+    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7; graphs when every
+    micro-batch can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler), infctx
+    chunks, packed rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an error
+    that says why. (H100, 1.5B LoRA, ctx 1024: eager 2.7 Kt/s, both on 16.4; bench/results.)
     """
     m, cuda = cfg.model, device.type == "cuda"
-    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7 and cfg.adapter.quant == "none")
+    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7)
     blockers = [why for why, blocked in (
         ("it needs a CUDA device", not cuda),
         ("--precision fp16 rescales the loss between steps", precision.name == "fp16"),
