@@ -206,3 +206,14 @@ def test_num_tokens_counts_trained_labels():
     batch = Batch(torch.zeros(2, 4, dtype=torch.long), torch.tensor([[1, 2, IGNORE, IGNORE], [3, IGNORE, 4, 5]]))
     assert batch.num_tokens == 5
     assert batch.to("cpu").cu_seqlens is None
+
+
+def test_bucket_lengths_and_padding_keep_every_row():
+    from rwkv_peft.data.batch import Batch, bucket_length
+
+    assert [bucket_length(t, 1024) for t in (1, 256, 257, 512, 513, 1024)] == [256, 256, 512, 512, 1024, 1024]
+    assert bucket_length(40, 100) == 64 and bucket_length(10, 100) == 32  # ctx/4 and ctx/2 rounded up to 16
+    b = Batch(torch.tensor([[5, 6, 7]]), torch.tensor([[6, 7, -100]]))
+    p = b.pad_to(8)
+    assert p.input_ids.tolist() == [[5, 6, 7, 0, 0, 0, 0, 0]] and p.labels.tolist() == [[6, 7] + [-100] * 6]
+    assert p.num_tokens == b.num_tokens and b.pad_to(2) is b
