@@ -14,6 +14,7 @@ every machine (this needs a launcher per machine, so `--num_nodes` alone is refu
 
 import importlib.util
 import os
+import signal
 import sys
 
 from .. import adapters
@@ -58,13 +59,19 @@ def launch(cfg: TrainConfig, argv: list[str]) -> int:
     exit status."""
     preflight(cfg)
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     # torchrun would give each worker 1 thread; CPU workers share the cores instead (GPU ones barely use them).
     threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or 1) // cfg.run.devices))
+    # The launcher turns termination signals into SignalException while it runs; give the caller its own back.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     try:
         torchrun.run(torchrun.parse_args(torchrun_args(cfg.run.devices, argv)))
+    except SignalException:  # Ctrl-C or a kill: the launcher has stopped the workers
+        print("rwkv-peft train: interrupted; --resume auto continues from the last checkpoint", file=sys.stderr)
+        return 130
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode == 2:  # a UserError: the worker has printed it
@@ -73,6 +80,8 @@ def launch(cfg: TrainConfig, argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         if threads is None:
             del os.environ["OMP_NUM_THREADS"]
     return 0
