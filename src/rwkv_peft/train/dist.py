@@ -37,7 +37,7 @@ class DistInfo:
     @classmethod
     def current(cls) -> "DistInfo":
         if torch_dist.is_available() and torch_dist.is_initialized():
-            return cls(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+            return cls(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
         return cls()
 
     def all_reduce_sum(self, values: list[float], device: torch.device) -> list[float]:
@@ -94,7 +94,7 @@ def init_distributed(accelerator: str) -> DistInfo:
         return DistInfo.current()
     gpu = _wants_gpu(accelerator)
     if gpu:
-        check_gpu_count(accelerator, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        check_gpu_count(accelerator, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     torch_dist.init_process_group("nccl" if gpu else "gloo")
     _OWNED.append(True)
