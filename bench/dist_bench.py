@@ -9,6 +9,9 @@ synchronisation, clipping, AdamW, and the two scalar all-reduces the trainer doe
 Rank 0 prints one JSON line: tokens/s in total and per GPU, step time, peak memory of every rank (torch max
 reserved and allocated). Scaling efficiency = tokens_per_s_per_gpu at N GPUs / tokens_per_s at 1 GPU.
 
+Blocks are compiled as the trainer's --compile auto does (on a GPU, not under fsdp / ZeRO-3); no CUDA graphs,
+which the trainer uses on one GPU only (`bench/cli_bench.py` times that), so 1 and N GPUs run the same code.
+
     torchrun --nproc_per_node 1 bench/dist_bench.py --model 1.5b --ctx 4096 --bsz 8             # 1 GPU baseline
     torchrun --nproc_per_node 2 bench/dist_bench.py --model 1.5b --ctx 4096 --bsz 8 --strategy ddp
     torchrun --nproc_per_node 2 bench/dist_bench.py --model 7b --ctx 4096 --bsz 4 --strategy fsdp --grad_cp
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=64, help="LoRA rank (alpha = 2 x rank)")
     ap.add_argument("--grad_cp", action="store_true", help="recompute each block in backward (--grad_cp 1)")
     ap.add_argument("--op", default="auto", help="WKV backend, as --op")
+    ap.add_argument("--compile", default="auto", choices=["auto", "1", "0"], help="as --compile")
     ap.add_argument("--build_on", default="auto", choices=["auto", "cpu", "device"],
                     help="where the base is built: auto = cpu for fsdp (as the trainer), else the GPU")
     ap.add_argument("--warmup", type=int, default=3)
@@ -86,6 +90,8 @@ def main() -> None:
         p.data = p.data.float()
     model.train()
     model.backend, model.grad_cp = args.op, args.grad_cp
+    sharded = strategy == "fsdp" or strategy.startswith("deepspeed_stage_3")
+    model.compile = args.compile == "1" or (args.compile == "auto" and device.type == "cuda" and not sharded)
     engine = wrap(model, strategy, precision, dist, device, micro_bsz=args.bsz, clip=1.0)
     params = list(trainable_parameters(model).values())
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True if device.type == "cuda" else None)
@@ -136,6 +142,7 @@ def main() -> None:
                "torch": torch.__version__, "model": "tiny" if args.tiny else args.model, "n_layer": cfg.n_layer,
                "n_embd": cfg.n_embd, "method": f"lora r{args.rank}", "strategy": strategy,
                "world_size": dist.world_size, "ctx": args.ctx, "bsz_per_gpu": args.bsz, "grad_cp": args.grad_cp,
+               "compile": model.compile,
                "precision": precision.name, "trainable_params": sum(p.numel() for p in trainable.values()),
                "tokens_per_s": round(total, 1), "tokens_per_s_per_gpu": round(total / dist.world_size, 1),
                "step_ms": round(1e3 * statistics.median(times), 2),

@@ -92,11 +92,13 @@ def init_distributed(accelerator: str) -> DistInfo:
     """
     if not under_launcher() or int(os.environ["WORLD_SIZE"]) == 1 or torch_dist.is_initialized():
         return DistInfo.current()
-    gpu = _wants_gpu(accelerator)
-    if gpu:
+    if _wants_gpu(accelerator):
         check_gpu_count(accelerator, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    torch_dist.init_process_group("nccl" if gpu else "gloo")
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        torch_dist.init_process_group("nccl", device_id=device)
+    else:
+        torch_dist.init_process_group("gloo")
     _OWNED.append(True)
     return DistInfo.current()
 

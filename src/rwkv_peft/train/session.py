@@ -117,16 +117,18 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
 
 
 def _speedups(cfg: TrainConfig, device: torch.device, version: int, precision: Precision, chunk_ctx: int,
-              dist: DistInfo) -> tuple[bool, bool]:
+              dist: DistInfo, strategy: str = "single") -> tuple[bool, bool]:
     """(compile the blocks, replay micro-batches as CUDA graphs), from --compile / --cuda_graph.
 
-    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7; graphs when every
-    micro-batch can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler), infctx
-    chunks, packed rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an error
-    that says why. (H100, 1.5B LoRA, ctx 1024: eager 2.7 Kt/s, both on 16.4; bench/results.)
+    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7 unless the base is
+    sharded over ranks (FSDP's and ZeRO-3's per-block gathering around compiled blocks is untested); graphs when
+    every micro-batch can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler),
+    infctx chunks, packed rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an
+    error that says why. (H100, 1.5B LoRA, ctx 1024: eager 2.7 Kt/s, both on 16.4; bench/results.)
     """
     m, cuda = cfg.model, device.type == "cuda"
-    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7)
+    sharded = strategy == "fsdp" or strategy.startswith("deepspeed_stage_3")
+    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7 and not sharded)
     blockers = [why for why, blocked in (
         ("it needs a CUDA device", not cuda),
         ("--precision fp16 rescales the loss between steps", precision.name == "fp16"),
@@ -163,7 +165,7 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     check_supported(strategy, infctx=infctx, state=spec.state, quant=spec.quant, precision=precision.name)
     # FSDP: built on the CPU, each unit moves to the GPU as it is sharded (the base need not fit one GPU).
     model = _load_base(cfg, torch.device("cpu") if strategy == "fsdp" else device, precision)
-    model.compile, cuda_graph = _speedups(cfg, device, model.config.version, precision, chunk_ctx, dist)
+    model.compile, cuda_graph = _speedups(cfg, device, model.config.version, precision, chunk_ctx, dist, strategy)
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
     quantize_model(model, spec.quant, device=device if spec.quant != "none" else None)
