@@ -101,10 +101,6 @@ class Engine:
         self.module = module
         self.grad_divisor = grad_divisor
 
-    @property
-    def model(self) -> nn.Module:
-        return self.module.model
-
     def loss(self, input_ids: Tensor, labels: Tensor, cu_seqlens: Tensor | None,
              normalizer: float) -> tuple[Tensor, int]:
         return self.module(input_ids, labels, cu_seqlens, normalizer)
@@ -131,7 +127,7 @@ class Engine:
         """Inside: every trainable parameter holds its whole value on every rank (for saving)."""
         yield
 
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict | None:
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
         """The optimizer's state to save (called on every rank, used from rank 0)."""
         return optimizer.state_dict()
 
@@ -304,7 +300,7 @@ class DeepSpeedEngine(Engine):
             yield
             return
         trainable = [p for p in self.module.parameters() if p.requires_grad]
-        with self.deepspeed.zero.GatheredParameters(trainable, modifier_rank=0):
+        with self.deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
             yield
 
     def optimizer_state(self, optimizer):
