@@ -34,8 +34,8 @@ from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, sa
 from .config import TrainConfig
 from .dist import init_distributed, resolve_device, shutdown_distributed
 from .eval import evaluate, sample
-from .infctx import infctx_backward
 from .graph import GraphedStep
+from .infctx import infctx_backward
 from .loss import dense_head_loss
 from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
 from .optim import apply_schedule
