@@ -82,8 +82,13 @@ def main() -> None:
     on_cpu = args.build_on == "cpu" or (args.build_on == "auto" and strategy == "fsdp")
     build = torch.device("cpu") if on_cpu else device
     t0 = time.perf_counter()
-    model = model_from_state_dict(random_state_dict(cfg, seed=0, dtype=precision.frozen_dtype, device=build),
-                                  device=build)
+    # Drawn where it is fast (a GPU makes billions of numbers in a moment), then put where the trainer loads it.
+    sd = random_state_dict(cfg, seed=0, dtype=precision.frozen_dtype, device=device)
+    model = model_from_state_dict({k: v.to(build) for k, v in sd.items()}, device=build)
+    del sd
+    if device.type == "cuda":  # the drawing's fp32 scratch is no part of training's peak
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     apply_adapter(model, AdapterSpec(layer=layer_config("lora", args.rank, 2.0 * args.rank)))
     trainable = trainable_parameters(model)
     for p in trainable.values():
