@@ -77,7 +77,8 @@ def test_sizes_and_version_are_checked_against_the_checkpoint(base, data, tmp_pa
 
 
 def test_unsupported_requests_are_errors(base, data, tmp_path):
-    assert "torchrun" in run_cli(*train_args(base, data, tmp_path, "--devices", "4")).err
+    run = run_cli(*train_args(base, data, tmp_path, "--num_nodes", "2"))
+    assert run.rc == 2 and "torchrun --nnodes 2" in run.err, run.err
     assert "WKV backends" in run_cli(*train_args(base, data, tmp_path, "--op", "cuda_magic")).err
     for flag in (["--wandb", "my-project"], ["--tensorboard"]):
         run = run_cli(*train_args(base, data, tmp_path, *flag, "--max_steps", "1"))

@@ -3,6 +3,7 @@ no logic lives here. A `UserError` becomes one line on stderr and exit status 2;
 its traceback."""
 
 import argparse
+import os
 import sys
 
 from ..errors import UserError
@@ -24,14 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    args.argv = argv  # `train --devices N` hands its command line on to the worker processes
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return args.func(args) or 0
     except UserError as e:
-        print(f"rwkv-peft {args.command}: error: {e}", file=sys.stderr)
+        # One write: the workers of a distributed run share the terminal, and usually all hit the same error.
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        where = f" (rank {rank})" if rank != "0" else ""
+        sys.stderr.write(f"rwkv-peft {args.command}: error{where}: {e}\n")
         return 2
     except KeyboardInterrupt:
         print(f"rwkv-peft {args.command}: interrupted", file=sys.stderr)

@@ -16,6 +16,8 @@ EXAMPLE = """examples:
       --lora_config '{"lora_r":32,"lora_alpha":64,"lora_dropout":0.01}'
   rwkv-peft train --config recipes/rwkv7-0.4b/state.yaml load_model=base.pth data_file=emoji.jsonl
   rwkv-peft train ... --resume auto          (continue proj_dir/checkpoint-last after a stop)
+  rwkv-peft train ... --devices 2            (two GPUs: starts two workers through torchrun, DDP)
+  torchrun --nproc_per_node 8 -m rwkv_peft train ...   (the same, started by torchrun yourself)
 """
 
 
@@ -55,9 +57,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..train import build_config, train
     from ..train.config import LEAVES
+    from ..train.launch import launch, needs_launch
 
     flags = {name: value for name, value in vars(args).items() if name in LEAVES}
     if getattr(args, "fla", False):
         flags.setdefault("op", "fla")
-    train(build_config(flags, args.config, args.overrides))
+    cfg = build_config(flags, args.config, args.overrides)
+    if needs_launch(cfg):
+        return launch(cfg, args.argv)
+    train(cfg)
     return 0

@@ -24,6 +24,9 @@ from ..errors import UserError
 
 # auto / on / off settings; true/false and 1/0 spellings are accepted and stored as "1"/"0".
 SWITCH = ("auto", "1", "0")
+# --strategy values (the seeds' scripts say deepspeed_stage_1); train/wrap.py says what each one does.
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
+              "deepspeed_stage_2_offload", "deepspeed_stage_3_offload")
 # A JSON object given as a string on the command line (the seeds' --lora_config '{...}') or a mapping in YAML.
 JsonText = str | dict
 
@@ -119,10 +122,11 @@ class ScheduleSection:
 class RunSection:
     proj_dir: str = opt("out", "output folder")
     accelerator: str = opt("auto", "gpu, cpu or auto", ("auto", "gpu", "cuda", "cpu"))
-    devices: int = opt(1, "GPUs (more than 1 needs the distributed launcher)")
-    num_nodes: int = opt(1, "machines (more than 1 needs the distributed launcher)")
+    devices: int = opt(1, "GPUs (or CPU processes) per machine; more than 1 starts them through torchrun")
+    num_nodes: int = opt(1, "machines; more than 1: start every machine's workers with torchrun (see the docs)")
     precision: str = opt("bf16", "bf16, fp16 (loss scaling), fp32, tf32", ("bf16", "fp16", "fp32", "tf32"))
-    strategy: str = opt("auto", "multi-GPU strategy (ddp, fsdp, deepspeed_stage_N); recorded, unused on one device")
+    strategy: str = opt("auto", "with several devices: auto (= ddp), ddp, fsdp (shards the frozen base), "
+                        "deepspeed_stage_N[_offload] (needs the deepspeed extra); no effect on one", STRATEGIES)
     random_seed: int = opt(-1, "seed (-1: pick one and record it in train_log.txt)")
     resume: str = opt("", "auto (proj_dir/checkpoint-last if present) or a checkpoint folder")
     checkpoint_every: int = opt(0, "also update checkpoint-last every N optimizer steps (0: each epoch)")

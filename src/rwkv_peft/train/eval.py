@@ -31,11 +31,14 @@ class EvalResult:
 
 
 def evaluate(model: nn.Module, dataset: TokenDataset, micro_bsz: int, precision: Precision, device: torch.device,
-             max_batches: int = 0, chunk_ctx: int = 0, dist: DistInfo | None = None) -> EvalResult:
+             max_batches: int = 0, chunk_ctx: int = 0, dist: DistInfo | None = None,
+             loss_module: nn.Module | None = None) -> EvalResult:
     """Mean CE over `dataset` (this rank's share of one deterministic pass; summed over ranks).
 
     max_batches > 0 stops early; chunk_ctx > 0 runs each row in chunks carrying the state (long samples).
-    The model is put in eval mode (no dropout) and restored to its previous mode afterwards.
+    loss_module: the trainer's `wrap.TrainModule` around `model`, which whole-row batches go through (under
+    FSDP only it gathers the sharded base). The model is put in eval mode (no dropout) and restored to its
+    previous mode afterwards.
     """
     dist = dist or DistInfo()
     was_training = model.training
@@ -45,7 +48,7 @@ def evaluate(model: nn.Module, dataset: TokenDataset, micro_bsz: int, precision:
         for batch in batches(dataset, micro_bsz, dist.rank, dist.world_size, epoch=0):
             if max_batches and count >= max_batches:
                 break
-            c, n = batch_loss(model, batch.to(device), precision, chunk_ctx)
+            c, n = batch_loss(model, batch.to(device), precision, chunk_ctx, loss_module)
             ce_sum, tokens, count = ce_sum + c, tokens + n, count + 1
     finally:
         model.train(was_training)
@@ -55,8 +58,12 @@ def evaluate(model: nn.Module, dataset: TokenDataset, micro_bsz: int, precision:
 
 
 @torch.no_grad()
-def batch_loss(model: nn.Module, batch: Batch, precision: Precision, chunk_ctx: int = 0) -> tuple[float, int]:
+def batch_loss(model: nn.Module, batch: Batch, precision: Precision, chunk_ctx: int = 0,
+               loss_module: nn.Module | None = None) -> tuple[float, int]:
     """(sum of CE, trained tokens) of one batch; rows run in chunks of chunk_ctx (0: whole) unless packed."""
+    if loss_module is not None and (batch.cu_seqlens is not None or not chunk_ctx):
+        loss, n = loss_module(batch.input_ids, batch.labels, batch.cu_seqlens, 1.0)
+        return float(loss), n
     if batch.cu_seqlens is not None:
         with precision.autocast():
             hidden, _ = model.hidden(batch.input_ids, cu_seqlens=batch.cu_seqlens)

@@ -7,10 +7,15 @@ always counts optimizer steps since the run's beginning (epoch_begin epochs coun
 independently of epochs (reshuffled at every pass), so consecutive epochs see new samples, not the same first
 epoch_steps x micro_bsz ones.
 
-One optimizer step: fetch accumulate_grad_batches micro-batches, count their trained tokens N, run forward and
-backward on each with loss sum(CE)/N (so the step's gradient is the token-mean over all of them), unscale
-(fp16), clip, check for NaN/inf, step. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the
-last) and `checkpoint-last/`.
+One optimizer step: fetch accumulate_grad_batches micro-batches, count their trained tokens N (over all ranks:
+the global batch), run forward and backward on each with loss sum(CE)/N (so the step's gradient is the token-mean
+over all of them, as one process seeing the whole global batch would compute), unscale (fp16), clip, check for
+NaN/inf, step. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and
+`checkpoint-last/`.
+
+Several ranks (torchrun, `--devices N`): each reads its own share of every global batch, the --strategy engine
+(`wrap.py`) averages gradients, the reported loss, token counts and speed are those of the whole global batch
+(peak memory: the largest rank's), and rank 0 alone writes files.
 """
 
 import math
@@ -27,11 +32,11 @@ from ..errors import UserError
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, save_checkpoint
 from .config import TrainConfig
-from .dist import DistInfo, resolve_device
+from .dist import init_distributed, resolve_device, shutdown_distributed
 from .eval import evaluate, sample
-from .infctx import infctx_backward
 from .graph import GraphedStep
-from .loss import dense_head_loss, head_loss
+from .infctx import infctx_backward
+from .loss import dense_head_loss
 from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
 from .optim import apply_schedule
 from .rng import rng_state, set_rng_state
@@ -74,7 +79,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.dist = DistInfo.current()
+        self.dist = init_distributed(cfg.run.accelerator)
         self.device = resolve_device(cfg.run.accelerator, cfg.run.devices, cfg.run.num_nodes, self.dist)
         self.seed = cfg.run.random_seed if cfg.run.random_seed >= 0 else random.SystemRandom().randrange(2**31)
         torch.manual_seed(self.seed)
@@ -82,6 +87,8 @@ class Trainer:
         self.resume: ResumePoint | None = read_checkpoint_folder(folder) if folder else None
         self.s: Session = build_session(cfg, self.device, self.dist, self.seed, self.resume)
         s = self.s
+        if self.dist.rank:
+            torch.manual_seed(self.seed + self.dist.rank)  # the same init everywhere, then each rank its own dropout
         self.step = s.start_step
         self.tokens, self.elapsed, self.started = 0, 0.0, time.time()
         self.last_saved: int | None = None
@@ -95,17 +102,18 @@ class Trainer:
                              s.end_step, cfg.log.wandb, cfg.log.tensorboard)
 
     def _restore(self, point: ResumePoint) -> None:
-        s, m = self.s, point.manifest
-        adapters.load_adapter_weights(s.model, point.trainable)
+        s, m = self.s, point.manifest  # the trained tensors were loaded by build_session
         try:
-            s.optimizer.load_state_dict(point.state["optimizer"])
+            s.engine.load_optimizer_state(s.optimizer, point.state["optimizer"])
         except (ValueError, KeyError) as e:
             raise UserError(f"{point.path}: its optimizer state does not fit this run ({e}); resume with the "
                             "settings it was made with, or start a new --proj_dir") from None
         if s.scaler is not None and point.state.get("scaler"):
             s.scaler.load_state_dict(point.state["scaler"])
         s.loader.load_state_dict(m["loader"])
-        set_rng_state(point.state["rng"], self.device)
+        ranks = point.state.get("rng_ranks") or []
+        set_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else point.state["rng"],
+                      self.device)
         self.step, self.tokens, self.elapsed = point.step, m["tokens"], m["seconds"]
         self.last_saved = point.step
 
@@ -153,37 +161,52 @@ class Trainer:
         if self.bucketed:
             micro = [b.pad_to(bucket_length(b.input_ids.shape[1], cfg.data.ctx_len)) for b in micro]
         micro = [b.to(self.device, non_blocking=True) for b in micro]
-        n_tokens = sum(b.num_tokens for b in micro)
+        n_tokens = int(self.dist.all_reduce_sum([sum(b.num_tokens for b in micro)], self.device)[0])
         normalizer = max(1, n_tokens)
         # fp16: the scaler's current factor (scaling a unit also starts the scaler on its first step).
         scale = float(s.scaler.scale(torch.ones((), device=self.device))) if s.scaler is not None else 1.0
-        loss = sum(self.forward_backward(b, normalizer, scale) for b in micro) / normalizer
-        grad_norm = self._unscale_and_clip()
-        if not math.isfinite(loss) or (s.scaler is None and not math.isfinite(grad_norm)):
-            self._diverged(loss, grad_norm)
-        if s.scaler is not None:
-            s.scaler.step(s.optimizer)  # skips the update itself when fp16 gradients overflowed
-            s.scaler.update()
+        ce_sum = sum(self.forward_backward(b, normalizer, scale, last=i == len(micro) - 1)
+                     for i, b in enumerate(micro))
+        loss = self.dist.all_reduce_sum([ce_sum], self.device)[0] / normalizer
+        if s.engine.owns_step:  # DeepSpeed clips and steps itself, and skips a non-finite update
+            if not math.isfinite(loss):
+                self._diverged(loss, math.nan)
+            grad_norm = s.engine.step()
+            if not math.isfinite(grad_norm):
+                self._diverged(loss, grad_norm)
         else:
-            s.optimizer.step()
-        s.optimizer.zero_grad(set_to_none=self.graphed is None)  # a captured backward adds into the same tensors
+            s.engine.sync_gradients()
+            grad_norm = self._unscale_and_clip()
+            if not math.isfinite(loss) or (s.scaler is None and not math.isfinite(grad_norm)):
+                self._diverged(loss, grad_norm)
+            if s.scaler is not None:
+                s.scaler.step(s.optimizer)  # skips the update itself when fp16 gradients overflowed
+                s.scaler.update()
+            else:
+                s.optimizer.step()
+            # A captured backward adds into the same tensors.
+            s.optimizer.zero_grad(set_to_none=self.graphed is None)
         self.step += 1
         self.tokens += n_tokens
         self.last_loss = loss
         seconds = time.time() - t0
+        peak_mb = self.dist.all_reduce_max([peak_memory_mb(self.device)], self.device)[0]
         record = {"step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": loss, "lr": lr,
                   "grad_norm": grad_norm, "tokens": self.tokens, "kt_s": n_tokens / max(seconds, 1e-9) / 1000,
-                  "peak_mem_mb": round(peak_memory_mb(self.device), 1), "time": round(time.time() - self.started, 3)}
+                  "peak_mem_mb": round(peak_mb, 1), "time": round(time.time() - self.started, 3)}
         if not math.isfinite(grad_norm):
             record["skipped"] = True  # fp16 overflow: the scaler lowered its factor and skipped this update
         return record
 
-    def forward_backward(self, batch, normalizer: int, scale: float = 1.0) -> float:
-        """Backward of one micro-batch's share of the step loss (times `scale`); returns its sum of CE."""
+    def forward_backward(self, batch, normalizer: int, scale: float = 1.0, last: bool = True) -> float:
+        """Backward of one micro-batch's share of the step loss (times `scale`); returns its sum of CE.
+        `last`: the step's last micro-batch (where the engine synchronises gradients)."""
         s = self.s
+        # The engines average gradients over ranks; each rank's share of the global mean is worth world_size.
+        normalizer = normalizer / s.engine.grad_divisor
         if self.graphed is not None:
             try:
-                return float(self.graphed(batch.input_ids, batch.labels, float(normalizer))) * normalizer
+                return float(self.graphed(batch.input_ids, batch.labels, normalizer)) * normalizer
             except RuntimeError as e:  # a capture failed (nothing ran in it); auto mode goes on without graphs
                 if self.cfg.model.cuda_graph == "1":
                     raise
@@ -193,11 +216,10 @@ class Trainer:
         if s.chunk_ctx:
             return infctx_backward(s.model, batch.input_ids, batch.labels, s.chunk_ctx, normalizer, s.precision,
                                    scale)[0]
-        with s.precision.autocast():
-            hidden, _ = s.model.hidden(batch.input_ids, cu_seqlens=batch.cu_seqlens)
-        loss, _ = head_loss(hidden, s.model.head.weight, batch.labels, normalizer, s.precision.compute_dtype)
-        if loss.requires_grad:
-            (loss * scale).backward()
+        with s.engine.accumulating(last):
+            loss, _ = s.engine.loss(batch.input_ids, batch.labels, batch.cu_seqlens, normalizer)
+            if loss.requires_grad:
+                s.engine.backward(loss * scale)
         return float(loss.detach()) * normalizer
 
     def _dense_forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
@@ -240,11 +262,11 @@ class Trainer:
         """Validation loss/perplexity (and samples) now; returns the fields added to the step's record."""
         s, cfg = self.s, self.cfg
         result = evaluate(s.model, s.val_data, cfg.data.micro_bsz, s.precision, self.device, cfg.log.val_batches,
-                          s.chunk_ctx, self.dist)
+                          s.chunk_ctx, self.dist, s.engine.module)
         self.last_val = result.as_dict()
         self.log.echo(f"validation @ step {self.step}: loss {result.loss:.4f}, perplexity {result.ppl:.2f} "
                       f"({result.tokens:,} tokens)", log=True)
-        if cfg.log.sample_prompts and self.dist.is_main:
+        if cfg.log.sample_prompts and self.dist.is_main and s.engine.can_sample:
             texts = sample(s.model, s.tokenizer(), cfg.log.sample_prompts, cfg.log.sample_tokens, s.precision)
             for prompt, text in zip(cfg.log.sample_prompts, texts):
                 self.log.echo(f"sample @ step {self.step}: {prompt!r} -> {text!r}", log=True)
@@ -255,17 +277,26 @@ class Trainer:
         return (every > 0 and epoch % every == 0) or epoch == self.cfg.schedule.epoch_count - 1
 
     def save(self, epoch_file: bool) -> None:
-        """checkpoint-last, and with epoch_file the adapter file of the current epoch (rank 0 writes)."""
+        """checkpoint-last, and with epoch_file the adapter file of the current epoch. Rank 0 writes; the others
+        contribute what only they hold (optimizer shards, RNG states) and wait until the files are in place."""
         s = self.s
         self.last_saved = self.step
-        if not self.dist.is_main:
-            return
+        optimizer = s.engine.optimizer_state(s.optimizer)
+        rng = self.dist.gather_to_main(rng_state(self.device))
+        with s.engine.gathered():
+            if self.dist.is_main:
+                self._write(epoch_file, optimizer, rng)
+        self.dist.barrier()
+
+    def _write(self, epoch_file: bool, optimizer: dict, rng: list) -> None:
+        s = self.s
         if epoch_file:
             epoch = max(0, self.step - 1) // s.steps_per_epoch
             self.adapter_file = adapters.save_adapter(s.model, s.spec, s.proj_dir, epoch, s.base_info)
             self.log.echo(f"saved {self.adapter_file}", log=True)
-        state = {"optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict() if s.scaler else None,
-                 "rng": rng_state(self.device)}
+        state = {"optimizer": optimizer, "scaler": s.scaler.state_dict() if s.scaler else None, "rng": rng[0]}
+        if len(rng) > 1:
+            state["rng_ranks"] = rng
         manifest = {"epoch": self.step // s.steps_per_epoch, "loader": s.loader.state_dict(), "tokens": self.tokens,
                     "seconds": time.time() - self.started, "identity": s.identity, "seed": self.seed}
         save_checkpoint(s.proj_dir, self.step, adapters.trainable_parameters(s.model), state, manifest,
@@ -309,5 +340,8 @@ def next_steps(method: str, base: str, adapter: Path) -> str:
 
 
 def train(cfg: TrainConfig) -> RunSummary:
-    """Run the training job `cfg` describes."""
-    return Trainer(cfg).fit()
+    """Run the training job `cfg` describes (in a torchrun worker: this rank's part of it)."""
+    try:
+        return Trainer(cfg).fit()
+    finally:
+        shutdown_distributed()

@@ -3,7 +3,8 @@ counts, the optimizer and schedule. Checks against the checkpoint and the data h
 
 The seams to the layers below are few: `model.load` (read and build the base), `adapters.spec_from_flags` /
 `apply_adapter` / `trainable_parameters` / `base_info` (what trains), `quant.quantize_model` (a quantized frozen
-base), `data.build_dataset` / `BatchLoader` (what it trains on).
+base), `data.build_dataset` / `BatchLoader` (what it trains on), `wrap.wrap` (the --strategy engine the ranks share
+steps through).
 """
 
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .dist import DistInfo
 from .optim import GroupRates, build_optimizer, state_rates
 from .precision import Precision
 from .schedule import Schedule
+from .wrap import Engine, check_supported, resolve_strategy, wrap
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Session:
     chunk_ctx: int
     cuda_graph: bool
     resolved: dict
+    engine: Engine
     notes: list[str] = field(default_factory=list)
     _tokenizer: Tokenizer | None = None
 
@@ -64,7 +67,8 @@ class Session:
                  f"({r['trainable_pct']:.2f}%)",
                  f"data: {r['data_file']}: {r['documents']:,} documents, {r['data_tokens']:,} tokens | ctx_len "
                  f"{r['ctx_len']}{' in chunks of ' + str(self.chunk_ctx) if self.chunk_ctx else ''} | micro_bsz "
-                 f"{r['micro_bsz']} x accumulate {r['accumulate']} x {r['world_size']} device(s)",
+                 f"{r['micro_bsz']} x accumulate {r['accumulate']} x {r['world_size']} device(s)"
+                 + (f" ({r['strategy']})" if r["world_size"] > 1 else ""),
                  f"schedule: {self.schedule.kind}, {r['steps_per_epoch']} steps/epoch x {r['epoch_count']} epochs = "
                  f"{r['total_steps']} steps; this run: step {step} -> {self.end_step}"
                  + (f" (resumed from {resumed_from})" if resumed_from else ""),
@@ -113,16 +117,18 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
 
 
 def _speedups(cfg: TrainConfig, device: torch.device, version: int, precision: Precision, chunk_ctx: int,
-              dist: DistInfo) -> tuple[bool, bool]:
+              dist: DistInfo, strategy: str = "single") -> tuple[bool, bool]:
     """(compile the blocks, replay micro-batches as CUDA graphs), from --compile / --cuda_graph.
 
-    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7; graphs when every
-    micro-batch can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler), infctx
-    chunks, packed rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an error
-    that says why. (H100, 1.5B LoRA, ctx 1024: eager 2.7 Kt/s, both on 16.4; bench/results.)
+    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7 unless the base is
+    sharded over ranks (FSDP's and ZeRO-3's per-block gathering around compiled blocks is untested); graphs when
+    every micro-batch can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler),
+    infctx chunks, packed rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an
+    error that says why. (H100, 1.5B LoRA, ctx 1024: eager 2.7 Kt/s, both on 16.4; bench/results.)
     """
     m, cuda = cfg.model, device.type == "cuda"
-    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7)
+    sharded = strategy == "fsdp" or strategy.startswith("deepspeed_stage_3")
+    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7 and not sharded)
     blockers = [why for why, blocked in (
         ("it needs a CUDA device", not cuda),
         ("--precision fp16 rescales the loss between steps", precision.name == "fp16"),
@@ -147,18 +153,24 @@ def _data(cfg: TrainConfig, seed: int, tokenizer: Tokenizer | None, data_file: s
 
 def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: int,
                   resume: ResumePoint | None) -> Session:
-    """Set up a run; with `resume`, the adapter is rebuilt exactly as that checkpoint's (PiSSA factors)."""
+    """Set up a run; with `resume`, the adapter is rebuilt exactly as that checkpoint's (PiSSA factors) and holds
+    its trained values (before wrapping: the engines copy or shard what they find)."""
     notes = []
     precision = Precision(cfg.run.precision, device)
     precision.configure_backends()
-    model = _load_base(cfg, device, precision)
-    chunk_ctx = cfg.data.chunk_ctx if cfg.adapter.train_type == "infctx" else 0
-    model.compile, cuda_graph = _speedups(cfg, device, model.config.version, precision, chunk_ctx, dist)
+    strategy = resolve_strategy(cfg.run.strategy, dist.world_size)
     spec = adapters.spec_from_flags(_adapter_flags(cfg))
+    infctx = cfg.adapter.train_type == "infctx"
+    chunk_ctx = cfg.data.chunk_ctx if infctx else 0
+    check_supported(strategy, infctx=infctx, state=spec.state, quant=spec.quant, precision=precision.name)
+    # FSDP: built on the CPU, each unit moves to the GPU as it is sharded (the base need not fit one GPU).
+    model = _load_base(cfg, torch.device("cpu") if strategy == "fsdp" else device, precision)
+    model.compile, cuda_graph = _speedups(cfg, device, model.config.version, precision, chunk_ctx, dist, strategy)
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
     quantize_model(model, spec.quant, device=device if spec.quant != "none" else None)
-    model.to(device)
+    if strategy != "fsdp":
+        model.to(device)
     named = adapters.trainable_parameters(model)
     if not named:
         raise UserError("nothing to train: the adapter settings leave every parameter frozen")
@@ -172,6 +184,8 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
         raise UserError(f"{resume.path} was written by a run with other adapter settings or another base model "
                         f"({resume.manifest.get('identity')} vs {identity}); use the same settings, or a new "
                         "--proj_dir for a new run")
+    if resume is not None:
+        adapters.load_adapter_weights(model, resume.trainable)
 
     text_data = cfg.data.data_type != "binidx" or cfg.data.loss_mask == "qa"
     tokenizer = Tokenizer() if text_data or cfg.log.sample_prompts else None
@@ -203,12 +217,23 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
         notes.append(f"State tuning at lr_init {o.lr_init:g}: the seeds advise --lr_init 1 --lr_final 0.01 "
                      "--warmup_steps 10 (a state needs a far higher rate than weights)")
     rates = GroupRates(o.lr_init, o.lr_final, st_init, st_final)
+    n_trainable = sum(p.numel() for p in named.values())
+    n_total = sum(p.numel() for p in model.parameters())  # before wrapping: ZeRO-3 empties what it shards
+    engine = wrap(model, strategy, precision, dist, device, infctx=infctx, micro_bsz=cfg.data.micro_bsz,
+                  accumulate=o.accumulate_grad_batches, clip=o.gradient_clip_val)
+    named = adapters.trainable_parameters(model)
     optimizer = build_optimizer(named, rates, (o.beta1, o.beta2), o.adam_eps, o.weight_decay, o.layerwise_lr,
                                 fused=True if device.type == "cuda" else None)
+    engine.attach(optimizer)
+    if strategy == "fsdp" and spec.method == "none":
+        notes.append("--strategy fsdp shards only the frozen base; with full fine-tuning everything trains and "
+                     "stays replicated, so use deepspeed_stage_3 to shard it")
+    if strategy != "single" and cfg.log.sample_prompts and not engine.can_sample:
+        notes.append(f"--sample_prompt is skipped under --strategy {strategy} (the base is sharded over ranks)")
+    if dist.world_size == 1 and cfg.run.strategy not in ("auto", "ddp"):
+        notes.append(f"--strategy {cfg.run.strategy} has no effect on one device")
     schedule = Schedule(s.lr_schedule, total, s.warmup_steps, s.decay_fraction)
 
-    n_trainable = sum(p.numel() for p in named.values())
-    n_total = sum(p.numel() for p in model.parameters())
     mc = model.config
     resolved = {"load_model": cfg.model.load_model, "version": mc.version, "n_layer": mc.n_layer,
                 "n_embd": mc.n_embd, "vocab_size": vocab, "head_size": mc.head_size,
@@ -216,10 +241,10 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                 "trainable_params": n_trainable, "trainable_pct": 100 * n_trainable / n_total,
                 "data_file": cfg.data.data_file, "documents": train_data.num_docs, "data_tokens": train_data.data_size,
                 "ctx_len": cfg.data.ctx_len, "micro_bsz": cfg.data.micro_bsz, "accumulate": o.accumulate_grad_batches,
-                "world_size": dist.world_size, "steps_per_epoch": steps_per_epoch, "epoch_count": s.epoch_count,
-                "total_steps": total, "device": str(device), "seed": seed, "compile": model.compile,
-                "cuda_graph": cuda_graph,
+                "world_size": dist.world_size, "strategy": strategy, "steps_per_epoch": steps_per_epoch,
+                "epoch_count": s.epoch_count, "total_steps": total, "device": str(device), "seed": seed,
+                "compile": model.compile, "cuda_graph": cuda_graph,
                 "state_lr": [st_init, st_final] if spec.state else None}
     return Session(Path(cfg.run.proj_dir), precision, model, spec, info, identity, list(named.values()), optimizer,
-                   precision.grad_scaler(), schedule, loader, val_data, steps_per_epoch, start, end, chunk_ctx,
-                   cuda_graph, resolved, notes, tokenizer)
+                   None if engine.owns_step else precision.grad_scaler(), schedule, loader, val_data,
+                   steps_per_epoch, start, end, chunk_ctx, cuda_graph, resolved, engine, notes, tokenizer)
