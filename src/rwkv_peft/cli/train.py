@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
             kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata["help"].replace("%", "%%"),
                       "metavar": METAVARS.get(tp, "TEXT")}
             if tp is bool or f.metadata.get("choices") == SWITCH:  # a bare --grad_cp / --compile means 1
-                kwargs.update(nargs="?", const="1", metavar="0|1")
+                kwargs.update(nargs="?", const="1", metavar="0|1" if tp is bool else "auto|0|1")
             elif name == "train_parts":
                 kwargs.update(nargs="*", metavar="PART")
             elif name == "sample_prompts":
