@@ -12,6 +12,8 @@ from .adapters.reader import describe_adapter
 from .adapters.state import is_state_param, split_state
 from .model import read_checkpoint
 from .model.load import model_from_state_dict, validate_state_dict
+from .quant import quantize_model
+from .quant.schemes import canonical_scheme
 
 __all__ = ["load_model", "merge", "describe", "describe_state_dict"]
 
@@ -48,12 +50,15 @@ def describe(path: str | os.PathLike) -> dict:
 def load_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None,
                state: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                dtype: torch.dtype | None = torch.float32, *, lora_alpha: float | None = None,
-               pissa_init: str | os.PathLike | None = None, check_fingerprint: bool = True) -> torch.nn.Module:
+               pissa_init: str | os.PathLike | None = None, check_fingerprint: bool = True,
+               quant: str | None = None) -> torch.nn.Module:
     """Load an official checkpoint, optionally mounting an adapter and/or a tuned state without merging.
 
     adapter: an adapter file (`rwkv-N.pth` with its adapter_config.json, or a RWKV-PEFT file: then
     `lora_alpha` for LoRA and `pissa_init` for PiSSA); state: a state file. A base that already carries
-    `time_state` tensors (a merged state) starts from them. Returns an RWKV7/RWKV6 module in eval mode:
+    `time_state` tensors (a merged state) starts from them. quant: quantize the frozen base ("nf4", "int8", ...,
+    "none"); None follows the adapter's adapter_config.json, so an adapter trained with --quant runs on the
+    quantized base it was fitted to (as `merge` does). Returns an RWKV7/RWKV6 module in eval mode:
     `model(tokens [B, T]) -> logits [B, T, V]`, `model.forward_with_state(tokens, state) -> (logits, state)`.
     """
     sd = read_checkpoint(path)
@@ -61,9 +66,15 @@ def load_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None
     model = model_from_state_dict(base_sd, str(path), device, dtype)
     if merged_state:
         adapters.attach_state(model, merged_state)
+    trained_quant = "none"
     if adapter is not None:
-        adapters.mount_adapter(model, adapter, base_sd, str(path), lora_alpha=lora_alpha, pissa_init=pissa_init,
-                               check_fingerprint=check_fingerprint)
+        mounted = adapters.mount_adapter(model, adapter, base_sd, str(path), lora_alpha=lora_alpha,
+                                         pissa_init=pissa_init, check_fingerprint=check_fingerprint)
+        if mounted.base is not None:  # our file: its config records the run's --quant (RWKV-PEFT's do not)
+            trained_quant = mounted.spec.quant
+    scheme = canonical_scheme(quant if quant is not None else trained_quant)
+    if scheme != "none":
+        quantize_model(model, scheme)  # after the adapter, as in training (PiSSA: the residual is quantized)
     if state is not None:
         adapters.mount_state(model, state)
     return model.eval()

@@ -103,3 +103,15 @@ def test_merge_without_bitsandbytes_names_the_extra(quant_run, tmp_path, monkeyp
         merge(run.base_path, run.adapter_path, tmp_path / "q.pth")
     assert not (tmp_path / "q.pth").exists()
     merge(run.base_path, run.adapter_path, tmp_path / "n.pth", quant="none")
+
+
+@pytest.mark.parametrize("case", ["lora", "pissa", "bone"])
+def test_a_mounted_adapter_runs_on_the_base_it_was_trained_on(quant_run, tmp_path, case):
+    """load_model (generate, eval) follows adapter_config.json's quant as merge does: mounted == merged."""
+    run = quant_run(case, 7)
+    merge(run.base_path, run.adapter_path, tmp_path / "q.pth")
+    with torch.no_grad():
+        mounted = load_model(run.base_path, adapter=run.adapter_path)(run.tokens)
+        unrounded = load_model(run.base_path, adapter=run.adapter_path, quant="none")(run.tokens)
+    assert rel_err(mounted, merged_logits(tmp_path / "q.pth", run.tokens)) <= MERGE_RTOL
+    assert rel_err(unrounded, run.adapted_logits) >= UNROUNDED_MIN

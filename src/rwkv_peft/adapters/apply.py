@@ -17,7 +17,7 @@ from .base import adapter_layers, default_targets, inject, resolve_targets
 from .io import load_adapter_weights, read_pissa_init
 from .lora import LoraConfig
 from .parts import part_parameter_names
-from .reader import check_against_base, read_adapter
+from .reader import AdapterFile, check_against_base, read_adapter
 from .spec import AdapterSpec
 from .state import attach_state, check_state, split_state
 
@@ -56,17 +56,19 @@ def apply_adapter(model: nn.Module, spec: AdapterSpec,
 
 def mount_adapter(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[str, Tensor], base_name: str, *,
                   lora_alpha: float | None = None, pissa_init: str | os.PathLike | None = None,
-                  check_fingerprint: bool = True) -> None:
-    """Mount an adapter file (ours or RWKV-PEFT's) on the model built from `base_sd`, without merging.
+                  check_fingerprint: bool = True) -> AdapterFile:
+    """Mount an adapter file (ours or RWKV-PEFT's) on the model built from `base_sd`, without merging; returns
+    the file as read (its spec records the --quant it was trained with, see `api.load_model`).
 
     Checks the adapter against the base first (dims, fingerprint, shapes). The model stays adapted: its
-    wrapped layers compute base + adapter on the fly, exactly as in training.
+    wrapped layers compute base + adapter on the fly, as in training.
     """
     adapter = read_adapter(path, lora_alpha=lora_alpha, pissa_init=pissa_init)
     check_against_base(adapter, split_state(base_sd)[0], base_name, check_fingerprint)
     spec = replace(adapter.spec, targets=adapter.targets or None, load=None, pissa_init=None)
     apply_adapter(model, spec, pissa_init=adapter.pissa_init)
     load_adapter_weights(model, adapter.tensors())
+    return adapter
 
 
 def mount_state(model: nn.Module, path: str | os.PathLike) -> None:

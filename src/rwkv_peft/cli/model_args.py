@@ -7,3 +7,5 @@ def add_model_args(p) -> None:
     p.add_argument("--state", help="tuned state file to mount")
     p.add_argument("--lora_alpha", type=float, help="alpha of a RWKV-PEFT LoRA adapter (ours record it)")
     p.add_argument("--lora_init", help="init_pissa.pth of a RWKV-PEFT PiSSA adapter")
+    p.add_argument("--quant", help="quantize the frozen base (nf4, int8, ...; none). Default: what the adapter was "
+                   "trained on (its adapter_config.json), else none")
