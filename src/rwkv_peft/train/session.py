@@ -230,6 +230,10 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                      "stays replicated, so use deepspeed_stage_3 to shard it")
     if strategy != "single" and cfg.log.sample_prompts and not engine.can_sample:
         notes.append(f"--sample_prompt is skipped under --strategy {strategy} (the base is sharded over ranks)")
+    if model.compile or cuda_graph:
+        notes.append("the first steps are slow: they " + " and ".join(
+            what for what, on in (("compile the blocks (a minute or two on a fresh machine)", model.compile),
+                                   ("capture CUDA graphs", cuda_graph)) if on))
     if dist.world_size == 1 and cfg.run.strategy not in ("auto", "ddp"):
         notes.append(f"--strategy {cfg.run.strategy} has no effect on one device")
     schedule = Schedule(s.lr_schedule, total, s.warmup_steps, s.decay_fraction)
