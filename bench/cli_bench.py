@@ -14,12 +14,12 @@ happen there); memory: the allocator's peak reserved bytes and nvidia-smi's used
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import MODELS as OFFICIAL, smi_used_gib
 
 from rwkv_peft.data.binidx import write_binidx
 from rwkv_peft.model import RWKV7Config
@@ -27,7 +27,7 @@ from rwkv_peft.model.checkpoint import write_checkpoint
 from rwkv_peft.model.init import random_state_dict
 from rwkv_peft.train import build_config, train
 
-MODELS = {"tiny": (2, 128), "0.1b": (12, 768), "0.4b": (24, 1024), "1.5b": (24, 2048), "2.9b": (32, 2560), "7b": (32, 4096)}
+MODELS = {"tiny": (2, 128), **OFFICIAL}  # tiny: a CPU check of the script itself
 METHODS = {  # the issue's methods, as the seeds' flags spell them
     "lora": {"peft": "lora", "lora_config": '{"lora_r":64,"lora_alpha":128,"lora_dropout":0}'},
     "pissa": {"peft": "pissa", "pissa_config": '{"pissa_r":32}'},
@@ -47,12 +47,6 @@ def files(model: str, cache: Path) -> tuple[Path, Path]:
         rng = np.random.default_rng(0)
         write_binidx(str(data), (rng.integers(1, 65536, 1100, dtype=np.uint16) for _ in range(4000)))
     return ckpt, data
-
-
-def smi_gib() -> float:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True).stdout.split()
-    return float(out[0]) / 1024 if out else float("nan")
 
 
 def main() -> None:
@@ -86,7 +80,7 @@ def main() -> None:
     if torch.cuda.is_available():
         result |= {"torch_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    "torch_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
-                   "smi_gib": round(smi_gib(), 2), "device": torch.cuda.get_device_name()}
+                   "smi_gib": round(smi_used_gib(), 2), "device": torch.cuda.get_device_name()}
     print(json.dumps(result))
     if args.out:
         with open(args.out, "a") as f:

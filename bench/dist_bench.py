@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import MODELS
 
 from rwkv_peft.adapters import AdapterSpec, apply_adapter, trainable_parameters
 from rwkv_peft.adapters.spec import layer_config
@@ -35,9 +36,6 @@ from rwkv_peft.train.config import STRATEGIES
 from rwkv_peft.train.dist import init_distributed, resolve_device, shutdown_distributed
 from rwkv_peft.train.precision import Precision
 from rwkv_peft.train.wrap import resolve_strategy, wrap
-
-# (n_layer, n_embd) of the official RWKV-7 World/G1 sizes.
-MODELS = {"0.1b": (12, 768), "0.4b": (24, 1024), "1.5b": (24, 2048), "2.9b": (32, 2560), "7b": (32, 4096)}
 
 
 def peak_gib(device: torch.device) -> list[float]:

@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from common import MODELS, smi_used_gib
 from torch import nn
 
 from rwkv_peft.adapters import AdapterSpec, apply_adapter, is_state_param
@@ -40,7 +40,6 @@ from rwkv_peft.model import RWKV7Config, model_from_state_dict
 from rwkv_peft.model.init import random_state_dict
 from rwkv_peft.train.loss import dense_head_loss
 
-MODELS = {"0.1b": (12, 768), "0.4b": (24, 1024), "1.5b": (24, 2048), "2.9b": (32, 2560)}
 # What the issue measures: LoRA r64 (alpha 128), PiSSA r32, MiSS (bone) r64, State tuning. No dropout anywhere
 # (the peer's default), so every row does the same arithmetic per step.
 METHODS = {
@@ -86,13 +85,6 @@ def matmul_tflops(n: int = 8192, reps: int = 30) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return 2 * n**3 / (statistics.median(times) * 1e-3) / 1e12
-
-
-def smi_used_gib() -> float:
-    """GPU memory in use as nvidia-smi reports it (the whole GPU; only this process runs on it)."""
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                          "-i", str(torch.cuda.current_device())], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[0]) / 1024
 
 
 def flops_per_token(model: nn.Module, embedding: nn.Embedding) -> float:
