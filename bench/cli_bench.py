@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import MODELS as OFFICIAL, smi_used_gib
+from common import MODELS as OFFICIAL
+from common import smi_used_gib
 
 from rwkv_peft.data.binidx import write_binidx
 from rwkv_peft.model import RWKV7Config
