@@ -36,7 +36,6 @@ from .dist import init_distributed, resolve_device, shutdown_distributed
 from .eval import evaluate, sample
 from .graph import GraphedStep
 from .infctx import infctx_backward
-from .loss import dense_head_loss
 from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
 from .optim import apply_schedule
 from .rng import rng_state, set_rng_state
@@ -225,10 +224,7 @@ class Trainer:
     def _dense_forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                                 normalizer: torch.Tensor) -> torch.Tensor:
         """forward_backward without host syncs (what a CUDA graph captures); returns the detached step loss."""
-        s = self.s
-        with s.precision.autocast():
-            hidden, _ = s.model.hidden(input_ids)
-        loss = dense_head_loss(hidden, s.model.head.weight, labels, normalizer, s.precision.compute_dtype)
+        loss = self.s.engine.module.dense_loss(input_ids, labels, normalizer)
         loss.backward()
         return loss.detach()
 

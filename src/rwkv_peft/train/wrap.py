@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from .config import STRATEGIES
 from .dist import DistInfo
-from .loss import head_loss
+from .loss import dense_head_loss, head_loss
 from .precision import Precision
 
 # RWKV-7's block 0 has value-residual parameters it never uses (there is no earlier layer's value to mix in).
@@ -48,7 +48,8 @@ class TrainModule(nn.Module):
     """The loss of one micro-batch: hidden states of the model, then the chunked head cross entropy.
 
     forward(input_ids [B, T], labels [B, T] (-100: untrained), cu_seqlens (packed rows) or None, normalizer)
-    -> (sum(CE) / normalizer as a 0-d tensor, trained tokens).
+    -> (sum(CE) / normalizer as a 0-d tensor, trained tokens). `dense_loss` is the same without host syncs,
+    for a CUDA-graph capture (graph.py).
     """
 
     def __init__(self, model: nn.Module, precision: Precision):
@@ -61,6 +62,12 @@ class TrainModule(nn.Module):
         with self.precision.autocast():
             hidden, _ = self.model.hidden(input_ids, cu_seqlens=cu_seqlens)
         return head_loss(hidden, self.model.head.weight, labels, normalizer, self.precision.compute_dtype)
+
+    def dense_loss(self, input_ids: Tensor, labels: Tensor, normalizer: Tensor) -> Tensor:
+        """sum(CE) / normalizer (a 0-d tensor) over every position, untrained ones weighted 0 (no host sync)."""
+        with self.precision.autocast():
+            hidden, _ = self.model.hidden(input_ids)
+        return dense_head_loss(hidden, self.model.head.weight, labels, normalizer, self.precision.compute_dtype)
 
 
 def resolve_strategy(name: str, world_size: int) -> str:
