@@ -217,3 +217,17 @@ def test_bucket_lengths_and_padding_keep_every_row():
     p = b.pad_to(8)
     assert p.input_ids.tolist() == [[5, 6, 7, 0, 0, 0, 0, 0]] and p.labels.tolist() == [[6, 7] + [-100] * 6]
     assert p.num_tokens == b.num_tokens and b.pad_to(2) is b
+
+
+def test_no_shuffle_takes_the_data_in_its_own_order(tmp_path):
+    """--data_shuffle 0: documents in file order (rank r of 2 takes every other one), windows from the start."""
+    prefix, docs = make_binidx(tmp_path, [5, 9, 7, 12, 6, 8])
+    ds = build_dataset(prefix, "binidx", ctx_len=CTX, dataload="pad")
+    firsts = [b.input_ids[0, 0].item() for b in batches(ds, 1, shuffle=False)]
+    assert firsts == [d[0] for d in docs]
+    assert [b.input_ids[0, 0].item() for b in batches(ds, 1, rank=1, world_size=2, shuffle=False)] == firsts[1::2]
+    assert firsts != [b.input_ids[0, 0].item() for b in batches(ds, 1, seed=0)]  # the default shuffles
+    stream = [t for d in docs for t in d]
+    ds = build_dataset(prefix, "binidx", ctx_len=CTX, dataload="get")
+    got = [b.input_ids[0].tolist() for b in batches(ds, 1, shuffle=False)]
+    assert got == [stream[i * CTX:(i + 1) * CTX] for i in range(len(got))] and len(got) == len(stream) // CTX

@@ -1,6 +1,8 @@
 """Which samples go into which batch on which rank, epoch after epoch, resumable at any step.
 
-An epoch is a seeded order of N samples (pad: one document each; pack: rows of packed pieces; get: windows).
+An epoch is a seeded order of N samples (pad: one document each; pack: rows of packed pieces; get: windows); with
+shuffle off (--data_shuffle 0) the order is the data's own: documents as they are in the file, windows one after
+the other from the start of the token stream (magic_prime keeps RWKV-LM's order, which is its own shuffle).
 Global position pos goes to rank pos % world_size, and rank r's step s takes positions (s*B + b)*world_size + r
 for b < B (micro_bsz) -- the layout RWKV-LM uses, so `get` with magic_prime reproduces its sample order. The epoch
 is padded to a whole number of global batches by wrapping around to its first samples (as torch's
@@ -53,14 +55,16 @@ def pack_rows(lens: Sequence[int], ctx_len: int) -> list[list[int]]:
 class EpochPlan:
     """The ordered samples of one epoch: len() samples, plan[pos] the spans of sample pos (pos may exceed len)."""
 
-    def __init__(self, dataset: TokenDataset, epoch: int, seed: int, global_batch: int) -> None:
+    def __init__(self, dataset: TokenDataset, epoch: int, seed: int, global_batch: int, shuffle: bool = True) -> None:
         # global_batch (world_size * micro_bsz) only numbers magic_prime samples across epochs.
         self.ds, self.epoch, self.seed, self.global_batch = dataset, epoch, seed, global_batch
+        self.shuffle = shuffle
         self.order = self.rows = None
         if dataset.dataload == "get":
             self.size = dataset.magic_prime or dataset.data_size // dataset.ctx_len
             return
-        self.order = np.random.default_rng([seed, epoch]).permutation(len(dataset.piece_starts))
+        n = len(dataset.piece_starts)
+        self.order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
         if dataset.dataload == "pack":
             starts, lens = dataset.piece_starts[self.order].tolist(), dataset.piece_lens[self.order].tolist()
             self.rows = [[(starts[i], lens[i]) for i in row] for row in pack_rows(lens, dataset.ctx_len)]
@@ -80,6 +84,8 @@ class EpochPlan:
             # RWKV-LM counts samples over the whole run: ii = 1 + global sample number.
             ii = 1 + self.epoch * padded_size(self.size, self.global_batch) + pos
             return [(magic_chunk(self.ds.magic_prime, ii) * ctx, ctx)]
+        if not self.shuffle:
+            return [((pos % self.size) * ctx, ctx)]
         rng = np.random.default_rng([self.seed, self.epoch, pos])
         return [(int(rng.integers(0, self.ds.data_size - ctx)), ctx)]
 
@@ -107,11 +113,12 @@ def _batches(plan: EpochPlan, micro_bsz: int, rank: int, world_size: int, start_
 
 
 def batches(dataset: TokenDataset, micro_bsz: int, rank: int = 0, world_size: int = 1, epoch: int = 0,
-            seed: int | None = None, start_step: int = 0, fixed_len: bool = False) -> Iterator[Batch]:
+            seed: int | None = None, start_step: int = 0, fixed_len: bool = False,
+            shuffle: bool = True) -> Iterator[Batch]:
     """This rank's batches of one epoch, from step `start_step`. seed None: the dataset's seed."""
     seed = dataset.seed if seed is None else seed
     _check(micro_bsz, rank, world_size, seed)
-    plan = EpochPlan(dataset, epoch, seed, micro_bsz * world_size)
+    plan = EpochPlan(dataset, epoch, seed, micro_bsz * world_size, shuffle)
     return _batches(plan, micro_bsz, rank, world_size, start_step, fixed_len)
 
 
@@ -123,17 +130,17 @@ class BatchLoader:
     """
 
     def __init__(self, dataset: TokenDataset, micro_bsz: int, rank: int = 0, world_size: int = 1,
-                 seed: int | None = None, fixed_len: bool = False) -> None:
+                 seed: int | None = None, fixed_len: bool = False, shuffle: bool = True) -> None:
         self.seed = dataset.seed if seed is None else seed
         _check(micro_bsz, rank, world_size, self.seed)
         self.dataset, self.micro_bsz, self.rank, self.world_size = dataset, micro_bsz, rank, world_size
-        self.fixed_len = fixed_len
+        self.fixed_len, self.shuffle = fixed_len, shuffle
         self.epoch, self.step = 0, 0
         self._cached: EpochPlan | None = None
 
     def _epoch_plan(self, epoch: int) -> EpochPlan:
         if self._cached is None or (self._cached.epoch, self._cached.seed) != (epoch, self.seed):
-            self._cached = EpochPlan(self.dataset, epoch, self.seed, self.micro_bsz * self.world_size)
+            self._cached = EpochPlan(self.dataset, epoch, self.seed, self.micro_bsz * self.world_size, self.shuffle)
         return self._cached
 
     def steps_in_epoch(self, epoch: int | None = None) -> int:

@@ -68,7 +68,7 @@ class DataSection:
     loss_mask: str = opt("pad", "pad (=none): every document token; qa: only assistant answers")
     dataload: str = opt("pad", "pad: one document per row; pack: documents packed per row; get: random windows")
     magic_prime: int = opt(0, "dataload get: RWKV-LM's exact sampling order (optional)")
-    data_shuffle: bool = opt(True, "shuffle samples (each data epoch in a seeded order)")
+    data_shuffle: bool = opt(True, "shuffle samples (each data epoch in a seeded order); 0: the data's own order")
     skip_bad_records: bool = opt(False, "skip malformed jsonl lines with a warning instead of stopping")
     chunk_ctx: int = opt(512, "train_type infctx: chunk length; the state is carried between chunks")
     val_file: str = opt("", "validation data (same data_type unless val_data_type is set)")

@@ -194,9 +194,8 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     val_data = None
     if cfg.data.val_file:
         val_data = _data(cfg, seed, tokenizer, cfg.data.val_file, cfg.data.val_data_type or cfg.data.data_type, vocab)
-    if not cfg.data.data_shuffle:
-        notes.append("--data_shuffle 0 is not supported: samples are taken in a seeded shuffled order")
-    loader = BatchLoader(train_data, cfg.data.micro_bsz, dist.rank, dist.world_size, seed=seed)
+    loader = BatchLoader(train_data, cfg.data.micro_bsz, dist.rank, dist.world_size, seed=seed,
+                         shuffle=cfg.data.data_shuffle)
 
     s, o = cfg.schedule, cfg.optim
     micro_per_step = dist.world_size * o.accumulate_grad_batches
