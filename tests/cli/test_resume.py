@@ -53,3 +53,36 @@ def test_resume_from_explicit_path_and_missing_path(base, data, tmp_path):
     assert [r["step"] for r in records(tmp_path / "b")] == [4, 5]
     missing = run_cli(*train_args(base, data, tmp_path / "c", "--peft", "lora", "--resume", tmp_path / "nope"))
     assert missing.rc == 2 and "checkpoint.json" in missing.err
+
+
+def test_ctrl_c_saves_the_step_it_stopped_at_and_resume_continues(base, data, tmp_path):
+    """A first Ctrl-C finishes the step under way and writes checkpoint-last there (not only at the last periodic
+    checkpoint); the process exits 130; --resume auto goes on from the next step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import rwkv_peft
+
+    proj = tmp_path / "p"
+    long = [*FLAGS[:4], "--epoch_steps", "400", "--epoch_count", "1", "--plot", "0"]  # far from done at the signal
+    args = [str(a) for a in train_args(base, data, proj, *long)][1:]
+    env = dict(os.environ, PYTHONPATH=str(Path(rwkv_peft.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "rwkv_peft", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = proj / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopping after this step" in err
+    done = [r["step"] for r in records(proj)]
+    assert read_checkpoint_folder(proj / "checkpoint-last").step == done[-1] < 400
+    resumed = run_cli(*train_args(base, data, proj, *long, "--resume", "auto", "--max_steps", str(done[-1] + 2)))
+    assert resumed.rc == 0, resumed.err
+    assert [r["step"] for r in records(proj)] == list(range(1, done[-1] + 3))

@@ -40,6 +40,7 @@ from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
 from .optim import apply_schedule
 from .rng import rng_state, set_rng_state
 from .session import Session, build_session
+from .stop import StopRequest
 
 
 class TrainingDiverged(UserError):
@@ -124,18 +125,8 @@ class Trainer:
         batches = iter(s.loader)
         self.started = time.time() - self.elapsed
         try:
-            while self.step < s.end_step:
-                record = self.train_step(batches)
-                at_epoch_end = self.step % s.steps_per_epoch == 0
-                val_due = (self.step % cfg.log.val_every == 0) if cfg.log.val_every else at_epoch_end
-                if s.val_data is not None and (val_due or self.step == s.end_step):
-                    record |= self.validate()
-                self.log.step(record)
-                if at_epoch_end:
-                    due = self._epoch_file_due(self.step // s.steps_per_epoch - 1) or self.step == s.end_step
-                    self.save(epoch_file=due)
-                elif cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
-                    self.save(epoch_file=False)
+            with StopRequest(enabled=self.dist.world_size == 1) as stop:
+                self._run(batches, stop)
             if self.last_saved != self.step:
                 self.save(epoch_file=True)
             self.elapsed = time.time() - self.started
@@ -150,6 +141,26 @@ class Trainer:
         summary = self._finish()
         self.log.close()
         return summary
+
+    def _run(self, batches, stop: StopRequest) -> None:
+        """Steps until the end, saving on schedule; after a Ctrl-C (`stop`), saves and raises KeyboardInterrupt."""
+        s, cfg = self.s, self.cfg
+        while self.step < s.end_step:
+            record = self.train_step(batches)
+            at_epoch_end = self.step % s.steps_per_epoch == 0
+            val_due = (self.step % cfg.log.val_every == 0) if cfg.log.val_every else at_epoch_end
+            if s.val_data is not None and (val_due or self.step == s.end_step):
+                record |= self.validate()
+            self.log.step(record)
+            if at_epoch_end:
+                due = self._epoch_file_due(self.step // s.steps_per_epoch - 1) or self.step == s.end_step
+                self.save(epoch_file=due)
+            elif cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+                self.save(epoch_file=False)
+            if stop.requested and self.step < s.end_step:
+                if self.last_saved != self.step:
+                    self.save(epoch_file=False)
+                raise KeyboardInterrupt
 
     def train_step(self, batches) -> dict:
         """One optimizer step; returns its metrics record. Raises TrainingDiverged before a bad update."""
