@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rwkv_peft.adapters import LoraConfig, MissConfig
+from rwkv_peft.adapters import LoraConfig, MissConfig, spec_from_flags
 
 peft = pytest.importorskip("peft")
 lora_layer = pytest.importorskip("peft.tuners.lora.layer")
@@ -93,6 +93,23 @@ def test_pissa_matches_peft(alpha, monkeypatch):
         hf.lora_B["default"].weight.add_(step)
         _assert_close(ours(x), hf_net(x))
         _assert_close(ours.merged_weight(), _hf_merged(hf_net))
+
+
+def test_exact_svd_pissa_matches_peft():
+    """peft's `init_lora_weights="pissa"` (exact SVD, no randomness) and ours with svd_niter None, both reached
+    through the flags a user passes: identical A0, B0 and residual base."""
+    net, hf_net, x = _pair()
+    peft.inject_adapter_in_model(peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, init_lora_weights="pissa",
+                                                 target_modules=["key"]), hf_net)
+    spec = spec_from_flags({"peft": "lora", "peft_config": '{"r":8,"lora_alpha":16,"lora_dropout":0,'
+                                                          '"init_lora_weights":"pissa"}'})
+    assert spec.layer.pissa and spec.layer.svd_niter is None
+    ours = spec.layer.make_layer(net.key)
+    hf = hf_net.key
+    _assert_close(ours.lora_A, hf.lora_A["default"].weight)
+    _assert_close(ours.lora_B, hf.lora_B["default"].weight)
+    _assert_close(ours.weight, hf.get_base_layer().weight)
+    _assert_close(ours(x), hf_net(x))
 
 
 @pytest.mark.parametrize("n_in, r", [(IN, 20), (IN, 16)], ids=["in%r==0", "in%r!=0"])

@@ -101,8 +101,11 @@ def _layer(peft: str, options: dict):
     init = options.get("init_lora_weights", True)
     if isinstance(init, str) and init.startswith("pissa_niter_") and init[12:].isdigit():
         method, niter = "pissa", int(init[12:])
+    elif init == "pissa":  # HF peft's exact-SVD PiSSA
+        method, niter = "pissa", None
     elif init is not True:
-        raise UserError(f"init_lora_weights {init!r} is not supported; use true (LoRA) or \"pissa_niter_N\"")
+        raise UserError(f"init_lora_weights {init!r} is not supported; use true (LoRA), \"pissa\" (exact SVD) or "
+                        "\"pissa_niter_N\"")
     if method == "lora" and ("svd_niter" in options or "pissa_init" in options):
         raise UserError("svd_niter / pissa_init are PiSSA settings; use --peft pissa")
     r = options.get("r", 8)

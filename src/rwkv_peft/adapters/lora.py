@@ -10,7 +10,8 @@ randomized `torch.svd_lowrank(W, r, niter)`, W ~ U diag(S) V^T:
     A0 = diag(sqrt(S / s)) V^T     B0 = U diag(sqrt(S / s))     base <- W - s B0 A0       (s = alpha / r)
 
 so the layer starts equal to W up to fp32 rounding. RWKV-PEFT's PiSSA is s = 1 (alpha = r) with no dropout,
-which is what `--pissa_config` gives; HF peft's `init_lora_weights="pissa_niter_N"` is any alpha. The initial
+which is what `--pissa_config` gives; HF peft's `init_lora_weights="pissa_niter_N"` is any alpha, and its
+`"pissa"` (svd_niter None here) takes the exact SVD `torch.linalg.svd` instead: slower, no randomness. The initial
 A0, B0 are kept (non-persistent buffers) because the merge needs them: W_merged = W - s B0 A0 + s B A, exactly.
 """
 
@@ -33,7 +34,7 @@ class LoraConfig:
     alpha: float = 32.0
     dropout: float = 0.01
     pissa: bool = False
-    svd_niter: int = 4
+    svd_niter: int | None = 4  # None: exact SVD
 
     def __post_init__(self):
         if not (isinstance(self.r, int) and self.r > 0):
@@ -42,7 +43,7 @@ class LoraConfig:
             raise UserError(f"lora_alpha must be positive, got {self.alpha!r}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"lora_dropout must be in [0, 1), got {self.dropout!r}")
-        if not (isinstance(self.svd_niter, int) and self.svd_niter >= 0):
+        if self.svd_niter is not None and not (isinstance(self.svd_niter, int) and self.svd_niter >= 0):
             raise UserError(f"svd_niter must be a non-negative integer, got {self.svd_niter!r}")
 
     @property
@@ -57,11 +58,17 @@ class LoraConfig:
         return LoraLinear(base, self, init)
 
 
-def pissa_factors(weight: Tensor, r: int, niter: int, scaling: float) -> tuple[Tensor, Tensor]:
-    """(A0 [r, in], B0 [out, r]) in fp32 from the rank-r randomized SVD of weight [out, in]."""
-    U, S, V = torch.svd_lowrank(weight.float(), r, niter=niter)
+def pissa_factors(weight: Tensor, r: int, niter: int | None, scaling: float) -> tuple[Tensor, Tensor]:
+    """(A0 [r, in], B0 [out, r]) in fp32 from the rank-r SVD of weight [out, in]: randomized with `niter` power
+    iterations, or exact (niter None)."""
+    if niter is None:
+        U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        U, S, Vt = U[:, :r], S[:r], Vh[:r]
+    else:
+        U, S, V = torch.svd_lowrank(weight.float(), r, niter=niter)
+        Vt = V.t()
     S = S / scaling
-    return torch.diag(torch.sqrt(S)) @ V.t(), U @ torch.diag(torch.sqrt(S))
+    return torch.diag(torch.sqrt(S)) @ Vt, U @ torch.diag(torch.sqrt(S))
 
 
 def pissa_residual(weight: Tensor, init_A: Tensor, init_B: Tensor, scaling: float) -> Tensor:

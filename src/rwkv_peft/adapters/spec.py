@@ -58,7 +58,7 @@ class AdapterSpec:
 
 
 def layer_config(method: str, r: int, alpha: float | None = None, dropout: float = 0.0,
-                 svd_niter: int = 4) -> LoraConfig | MissConfig | None:
+                 svd_niter: int | None = 4) -> LoraConfig | MissConfig | None:
     """The layer config of a method name; None for "state" / "none"."""
     if method in ("lora", "pissa"):
         return LoraConfig(r=r, alpha=float(r if alpha is None else alpha), dropout=dropout,
@@ -97,8 +97,9 @@ def spec_from_config(config: dict, source: str) -> AdapterSpec:
         raise UserError(f"{source}: not an rwkv-peft adapter config (format {config.get('format')!r})")
     try:
         method = config["method"]
+        niter = config.get("svd_niter", 4) if method == "pissa" else 4  # PiSSA's null: the exact SVD
         layer = None if method in ("state", "none") else layer_config(
-            method, config["r"], config.get("alpha"), config.get("dropout") or 0.0, config.get("svd_niter") or 4)
+            method, config["r"], config.get("alpha"), config.get("dropout") or 0.0, niter)
         return AdapterSpec(layer=layer, state=bool(config.get("state")) or method == "state",
                            targets=tuple(config["targets"]) if layer else None,
                            train_parts=tuple(config.get("train_parts") or ()), quant=config.get("quant") or "none")
