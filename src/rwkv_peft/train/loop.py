@@ -11,7 +11,8 @@ One optimizer step: fetch accumulate_grad_batches micro-batches, count their tra
 the global batch), run forward and backward on each with loss sum(CE)/N (so the step's gradient is the token-mean
 over all of them, as one process seeing the whole global batch would compute), unscale (fp16), clip, check for
 NaN/inf, step. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and
-`checkpoint-last/`.
+`checkpoint-last/`. On a GPU each micro-batch's forward and backward is usually a replayed CUDA graph (graph.py;
+--cuda_graph), rows padded to a few bucket lengths so that few graphs (and compiled shapes) are needed.
 
 Several ranks (torchrun, `--devices N`): each reads its own share of every global batch, the --strategy engine
 (`wrap.py`) averages gradients, the reported loss, token counts and speed are those of the whole global batch
