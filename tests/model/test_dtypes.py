@@ -37,3 +37,28 @@ def test_bf16_autocast_keeps_a_bf16_residual_and_fp32_gradients(monkeypatch):
     assert seen == [torch.bfloat16, torch.bfloat16]
     assert wkv_dtypes == [{torch.bfloat16}, {torch.bfloat16}]
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trained.values())
+
+
+def test_only_training_steps_run_the_compiled_block(monkeypatch):
+    """Evaluation and generation (no grad, other shapes) stay eager: no compile per prompt length."""
+    calls = []
+
+    def fake_compiled():
+        def run(*args):
+            calls.append(torch.is_grad_enabled())
+            return rwkv7._call_block(*args)
+        return run
+
+    monkeypatch.setattr(rwkv7, "_compiled_block", fake_compiled)
+    model = model_from_state_dict(random_state_dict(RWKV7Config(n_layer=2, n_embd=64, vocab_size=256), seed=0,
+                                                    dtype=torch.float32))
+    model.compile = True
+    tokens = torch.randint(0, 256, (1, 8))
+    model.train()
+    model.hidden(tokens)
+    assert calls == [True, True]
+    with torch.no_grad():
+        model.hidden(tokens)
+    model.eval()
+    model.hidden(tokens)
+    assert calls == [True, True]

@@ -182,7 +182,7 @@ def _compiled_block():
 class RWKV7(nn.Module):
     """The whole model. `backend` picks the WKV implementation ("auto", "torch", "fla", ...); `grad_cp`
     recomputes each block's activations in the backward pass instead of storing them; `compile` runs the blocks
-    through torch.compile."""
+    of training steps through torch.compile."""
 
     def __init__(self, cfg: RWKV7Config):
         super().__init__()
@@ -208,7 +208,9 @@ class RWKV7(nn.Module):
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         v_first = None
         new = RWKVState([], [], [])
-        run = _compiled_block() if self.compile else _call_block
+        # Only training steps run compiled: evaluation and generation bring other shapes (prompt lengths, T = 1),
+        # and each would compile anew (or hit the recompile limit) for a pass that is cheap anyway.
+        run = _compiled_block() if self.compile and self.training and torch.is_grad_enabled() else _call_block
         for i, block in enumerate(self.blocks):
             att_shift = ffn_shift = None
             wkv_state = block.att.initial_wkv(n_seq)
