@@ -66,13 +66,11 @@ def load_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None
     model = model_from_state_dict(base_sd, str(path), device, dtype)
     if merged_state:
         adapters.attach_state(model, merged_state)
-    trained_quant = "none"
+    trained = None
     if adapter is not None:
-        mounted = adapters.mount_adapter(model, adapter, base_sd, str(path), lora_alpha=lora_alpha,
-                                         pissa_init=pissa_init, check_fingerprint=check_fingerprint)
-        if mounted.base is not None:  # our file: its config records the run's --quant (RWKV-PEFT's do not)
-            trained_quant = mounted.spec.quant
-    scheme = canonical_scheme(quant if quant is not None else trained_quant)
+        trained = adapters.mount_adapter(model, adapter, base_sd, str(path), lora_alpha=lora_alpha,
+                                         pissa_init=pissa_init, check_fingerprint=check_fingerprint).trained_quant
+    scheme = canonical_scheme(quant) if quant is not None else (trained or "none")
     if scheme != "none":
         quantize_model(model, scheme)  # after the adapter, as in training (PiSSA: the residual is quantized)
     if state is not None:

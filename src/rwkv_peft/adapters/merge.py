@@ -61,8 +61,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
     if adapter is not None:
         a = read_adapter(adapter, method=method, lora_alpha=lora_alpha, pissa_init=pissa_init)
         check_against_base(a, base_only, str(base), check_fingerprint)
-    # A RWKV-PEFT file does not record its quant; ours do (a.base is set only when a config was read).
-    trained = canonical_scheme(a.spec.quant) if a is not None and a.base is not None else None
+    trained = a.trained_quant if a is not None else None
     scheme = canonical_scheme(quant) if quant is not None else (trained or "none")
     summary["quant"] = scheme
     if trained is not None and scheme != trained:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..model import infer_config, read_checkpoint
+from ..quant.schemes import canonical_scheme
 from .base import block_relative
 from .io import base_fingerprint, read_config, read_pissa_init
 from .lora import LoraConfig
@@ -48,6 +49,12 @@ class AdapterFile:
     @property
     def targets(self) -> tuple[str, ...]:
         return _targets(self.layers)
+
+    @property
+    def trained_quant(self) -> str | None:
+        """The --quant the run trained against ("none" included), from our config; None for RWKV-PEFT files,
+        which do not record it (`base` is set only when a config was read)."""
+        return canonical_scheme(self.spec.quant) if self.base is not None else None
 
     def tensors(self) -> dict[str, Tensor]:
         """Back to the file's flat {key: tensor}."""
