@@ -9,24 +9,28 @@ happen there); memory: the allocator's peak reserved bytes and nvidia-smi's used
 
     python bench/cli_bench.py --model 1.5b --method lora --ctx 1024 --bsz 1 --steps 30
     python bench/cli_bench.py --model 1.5b --method lora cuda_graph=0 compile=0   # the eager trainer
+    python bench/cli_bench.py --model 1.5b --method lora --profile prof.txt   # + top kernels of 3 steps
 """
 
 import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from common import MODELS as OFFICIAL
-from common import smi_used_gib
+from common import smi_used_gib, write_profile
 
 from rwkv_peft.data.binidx import write_binidx
 from rwkv_peft.model import RWKV7Config
 from rwkv_peft.model.checkpoint import write_checkpoint
 from rwkv_peft.model.init import random_state_dict
-from rwkv_peft.train import build_config, train
+from rwkv_peft.train import build_config
+from rwkv_peft.train.loop import Trainer
+from rwkv_peft.train.dist import shutdown_distributed
 
 MODELS = {"tiny": (2, 128), **OFFICIAL}  # tiny: a CPU check of the script itself
 METHODS = {  # the issue's methods, as the seeds' flags spell them
@@ -50,6 +54,29 @@ def files(model: str, cache: Path) -> tuple[Path, Path]:
     return ckpt, data
 
 
+def profile_steps(trainer: Trainer, first: int, steps: int, path: Path, header: str) -> None:
+    """Run torch.profiler around the trainer's optimizer steps first .. first + steps - 1."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    one_step, t0 = trainer.train_step, [0.0]
+
+    def train_step(batches):
+        if trainer.step == first:
+            torch.cuda.synchronize()
+            prof.start()
+            t0[0] = time.perf_counter()
+        record = one_step(batches)
+        if trainer.step == first + steps:
+            torch.cuda.synchronize()
+            wall_ms = (time.perf_counter() - t0[0]) * 1e3
+            prof.stop()
+            write_profile(prof, wall_ms, steps, path, header)
+        return record
+
+    trainer.train_step = train_step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="1.5b", choices=MODELS)
@@ -60,6 +87,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=8, help="steps left out of the median")
     ap.add_argument("--cache", default="/tmp/rwkv-peft-bench")
     ap.add_argument("--out", help="append the result as a JSON line here")
+    ap.add_argument("--profile", type=Path, help="write the top kernels of 3 steps after the warm-up here")
     ap.add_argument("extra", nargs="*", help="more trainer settings, key=value (grad_cp=1, quant=nf4, op=fla, ...)")
     args = ap.parse_args()
 
@@ -72,7 +100,13 @@ def main() -> None:
         cfg = build_config(flags, overrides=args.extra)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        train(cfg)
+        try:
+            trainer = Trainer(cfg)
+            if args.profile and torch.cuda.is_available():
+                profile_steps(trainer, args.warmup, 3, args.profile, f"{vars(args)}")
+            trainer.fit()
+        finally:
+            shutdown_distributed()
         records = [json.loads(line) for line in (Path(proj) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["kt_s"] for r in records if "kt_s" in r][args.warmup:]
     result = {"model": args.model, "method": args.method, "ctx": args.ctx, "bsz": args.bsz, "extra": args.extra,

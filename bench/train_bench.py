@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import MODELS, smi_used_gib
+from common import MODELS, smi_used_gib, write_profile
 from torch import nn
 
 from rwkv_peft.adapters import AdapterSpec, apply_adapter, is_state_param
@@ -240,11 +240,7 @@ def profile(step: Callable[[], None], path: Path, row: Row, steps: int = 3) -> N
             step()
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) * 1e3
-    events = prof.key_averages()
-    gpu_ms = sum(e.self_device_time_total for e in events) / 1e3
-    table = events.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=90)
-    path.write_text(f"{asdict(row)}\n{steps} steps: wall {wall_ms:.1f} ms, GPU busy {gpu_ms:.1f} ms "
-                    f"({gpu_ms / wall_ms:.0%})\n\n{table}\n")
+    write_profile(prof, wall_ms, steps, path, str(asdict(row)))
 
 
 def main() -> None:
