@@ -77,6 +77,20 @@ def profile_steps(trainer: Trainer, first: int, steps: int, path: Path, header: 
     trainer.train_step = train_step
 
 
+def memory_by_pool() -> str:
+    """Reserved and allocated MiB per allocator pool (CUDA graphs have private pools) and stream, from a snapshot:
+    where reserved memory sits unused."""
+    pools: dict[str, list[float]] = {}
+    for seg in torch.cuda.memory_snapshot():
+        key = f"pool {tuple(seg.get('segment_pool_id', (0, 0)))} stream {seg['stream']} {seg['segment_type']}"
+        row = pools.setdefault(key, [0, 0, 0])
+        row[0] += seg["total_size"] / 2**20
+        row[1] += seg["allocated_size"] / 2**20
+        row[2] += 1
+    return "\n".join(f"{k}: reserved {r:.0f} MiB, allocated {a:.0f} MiB, {n} segments"
+                     for k, (r, a, n) in sorted(pools.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="1.5b", choices=MODELS)
@@ -88,6 +102,7 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/rwkv-peft-bench")
     ap.add_argument("--out", help="append the result as a JSON line here")
     ap.add_argument("--profile", type=Path, help="write the top kernels of 3 steps after the warm-up here")
+    ap.add_argument("--memory", action="store_true", help="print the allocator's segments at the end, per pool")
     ap.add_argument("extra", nargs="*", help="more trainer settings, key=value (grad_cp=1, quant=nf4, op=fla, ...)")
     args = ap.parse_args()
 
@@ -105,6 +120,8 @@ def main() -> None:
             if args.profile and torch.cuda.is_available():
                 profile_steps(trainer, args.warmup, 3, args.profile, f"{vars(args)}")
             trainer.fit()
+            if args.memory and torch.cuda.is_available():
+                print(memory_by_pool())
         finally:
             shutdown_distributed()
         records = [json.loads(line) for line in (Path(proj) / "metrics.jsonl").read_text().splitlines()]

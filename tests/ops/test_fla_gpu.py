@@ -53,12 +53,12 @@ def _wkv6_inputs(B, T, seed):
     return [r, log_w, k, v, u, s0]
 
 
-def _run(op, inputs, backend, upcast, cu_seqlens=None):
+def _run(op, inputs, backend, upcast, cu_seqlens=None, **kw):
     """Outputs, final state and gradients of a random projection of both (so every path is exercised).
     `upcast` runs on fp32 copies of the same values: the reference side."""
     leaves = [(x.detach().float() if upcast else x.detach().clone()).requires_grad_() for x in inputs]
     *args, s0 = leaves
-    y, s = op(*args, s0, cu_seqlens=cu_seqlens, backend=backend)
+    y, s = op(*args, s0, cu_seqlens=cu_seqlens, backend=backend, **kw)
     g = torch.Generator(device="cuda").manual_seed(1)
     loss = (y.float() * _rand(*y.shape, g=g)).sum() + (s * _rand(*s.shape, g=g)).sum()
     return y.detach().float(), s.detach(), torch.autograd.grad(loss, leaves)
@@ -82,6 +82,17 @@ WKV6_NAMES = ["r", "log_w", "k", "v", "u", "state0"]
 def test_wkv7_fla_matches_reference(T):
     inputs = _wkv7_inputs(2, T, seed=T)
     _compare(WKV7_NAMES, _run(wkv7, inputs, "fla", False), _run(wkv7, inputs, "torch", True))
+
+
+@gpu
+@needs_fla
+def test_wkv7_fla_keeping_intermediates_changes_nothing():
+    """`recomputed=True` (block checkpointing: fla keeps its forward's intermediates instead of recomputing them
+    in backward) runs the same kernels on the same values: results equal to fla's default path's."""
+    inputs = _wkv7_inputs(2, 300, seed=9)
+    plain, kept = _run(wkv7, inputs, "fla", False), _run(wkv7, inputs, "fla", False, recomputed=True)
+    for a, b in zip([plain[0], plain[1], *plain[2]], [kept[0], kept[1], *kept[2]]):
+        assert rel_err(b, a) < 1e-6
 
 
 @gpu

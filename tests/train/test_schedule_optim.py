@@ -71,3 +71,64 @@ def test_optimizer_step_changes_only_trainable(base):
     model(torch.randint(0, 256, (2, 16))).square().mean().backward()
     opt.step()
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def test_optimizer_state_resumes_across_capturable_and_plain():
+    """A checkpoint's optimizer state is portable: written by a run whose rates are tensors (the CUDA-graph
+    optimizer), read by one with float rates, and back; steps continue identically."""
+    from rwkv_peft.train.optim import load_portable_state, portable_state
+
+    torch.manual_seed(0)
+    start = {"x.lora_A": torch.randn(4, 6), "ln.weight": torch.randn(6)}
+
+    def optimizer(tensor_rates: bool):
+        named = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
+        opt = build_optimizer(named, GroupRates(1e-2, 1e-2, 1, 1), (0.9, 0.99), 1e-8, 0.1)
+        if tensor_rates:  # as capturable=True builds them, on the CPU (where capturable itself is refused)
+            for g in opt.param_groups:
+                g["lr"] = torch.tensor(g["lr"])
+                g["foreach"] = False
+        return opt, list(named.values())
+
+    def steps(opt, params, n):
+        for _ in range(n):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+
+    ref, ref_params = optimizer(False)
+    steps(ref, ref_params, 3)
+    for first, second in ((True, False), (False, True)):
+        a, pa = optimizer(first)
+        steps(a, pa, 2)
+        state = portable_state(a)
+        assert all(isinstance(g["lr"], float) and "foreach" not in g for g in state["param_groups"])
+        b, pb = optimizer(second)
+        with torch.no_grad():
+            for p, q in zip(pb, pa):
+                p.copy_(q)
+        load_portable_state(b, state)
+        assert all(isinstance(g["lr"], torch.Tensor) == second for g in b.param_groups)
+        assert all(g["foreach"] is (False if second else None) for g in b.param_groups)
+        steps(b, pb, 1)
+        for p, q in zip(pb, ref_params):
+            assert torch.equal(p, q)
+
+
+def test_preallocated_state_steps_like_a_fresh_optimizer():
+    from rwkv_peft.train.optim import preallocate
+
+    start = {"x.lora_A": torch.randn(4, 6), "ln.weight": torch.randn(6)}
+    results = []
+    for early in (False, True):
+        named = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
+        opt = build_optimizer(named, GroupRates(1e-2, 1e-2, 1, 1), (0.9, 0.99), 1e-8, 0.1)
+        if early:
+            preallocate(opt, grads=True)
+            assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in named.values())
+        for i in range(3):
+            for p in named.values():
+                p.grad = torch.full_like(p, float(i + 1))
+            opt.step()
+        results.append([p.detach().clone() for p in named.values()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))

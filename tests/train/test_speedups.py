@@ -92,3 +92,46 @@ def test_the_captured_function_equals_the_eager_micro_step_on_cpu(base, data, tm
     assert abs(float(loss) * n - eager_ce) <= GRAPH_FP32 * eager_ce
     for p, g in zip(params, eager, strict=True):
         assert torch.allclose(p.grad, g, rtol=GRAPH_FP32, atol=1e-7)
+
+
+@cuda
+@pytest.mark.parametrize("max_norm", [0.05, float("inf")])
+def test_graphed_update_equals_the_eager_one(max_norm):
+    """Clip + AdamW + zeroed gradients replayed from graphs, with the rate changing every step (written into the
+    captured rate tensors), give the parameters eager AdamW gives: same kernels, so bound GRAPH_FP32 is loose."""
+    from rwkv_peft.train.graph import GraphedUpdate
+    from rwkv_peft.train.optim import GroupRates, apply_schedule, build_optimizer
+    from rwkv_peft.train.schedule import Schedule
+
+    torch.manual_seed(0)
+    start = {"a.lora_A": torch.randn(8, 32), "b.lora_B": torch.randn(32, 8), "ln.weight": torch.randn(32)}
+    runs = {}
+    for graphed in (False, True):
+        named = {k: torch.nn.Parameter(v.clone().cuda()) for k, v in start.items()}
+        params = list(named.values())
+        opt = build_optimizer(named, GroupRates(1e-2, 1e-3, 1.0, 0.01), (0.9, 0.99), 1e-8, 0.1, fused=True,
+                              capturable=graphed)
+        update = GraphedUpdate(opt, params, max_norm) if graphed else None
+        schedule, norms = Schedule("cos_decay", 6, warmup_steps=2), []
+        for step in range(6):
+            apply_schedule(opt, schedule, step)
+            g = torch.Generator().manual_seed(step)
+            for p in params:
+                grad = torch.randn(p.shape, generator=g).cuda()
+                if p.grad is None:
+                    p.grad = grad
+                else:
+                    p.grad.add_(grad)
+            if graphed:
+                norms.append(float(update.grad_norm()))
+                update.apply()
+            else:
+                norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+                opt.step()
+                opt.zero_grad(set_to_none=False)
+        runs[graphed] = ([p.detach().cpu() for p in params], norms)
+        if graphed:
+            assert update._apply.graph is not None and update._norm.graph is not None
+    for eager, graphed in zip(runs[False][0], runs[True][0]):
+        assert torch.allclose(graphed, eager, rtol=GRAPH_FP32, atol=1e-7)
+    assert runs[True][1] == pytest.approx(runs[False][1], rel=GRAPH_FP32)

@@ -59,9 +59,11 @@ def _packing(cu_seqlens: Tensor | None, device: torch.device) -> dict:
 
 
 def wkv7_fla(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
-             cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+             cu_seqlens: Tensor | None = None, keep_intermediates: bool = False) -> tuple[Tensor, Tensor]:
     """WKV-7 through `fla.ops.rwkv7.chunk_rwkv7`. Shapes as `wkv7_recurrent`: r, log_w, k, v, a, b [B, T, H, N]
     (bf16 intended; log_w may be fp32), state [B or 1, H, N, N] fp32 or None (one per document when packed).
+    keep_intermediates: save the forward's chunk states and matrices for backward (fla's disable_recompute)
+    instead of recomputing them there; ~25% less kernel time, more memory (bench/NOTES.md).
 
     Needs log_w >= -e^{-1/2} (what RWKV-7 computes); returns y [B, T, H, N] and the fp32 final state [B, H, N, N].
     """
@@ -71,7 +73,8 @@ def wkv7_fla(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
     n = r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
     y, final = chunk_rwkv7(r, log_w, k, v, a, b, scale=1.0, initial_state=_fla_state(state, n),
-                           output_final_state=True, **_packing(cu_seqlens, r.device), **WKV7_KERNEL)
+                           output_final_state=True, **_packing(cu_seqlens, r.device), **WKV7_KERNEL,
+                           disable_recompute=keep_intermediates)
     return y, final.transpose(-1, -2)
 
 

@@ -1,4 +1,5 @@
-"""Replaying a micro-batch's forward + backward as one CUDA graph (`--cuda_graph`).
+"""Replaying a training step as CUDA graphs (`--cuda_graph`): each micro-batch's forward + backward, then the
+optimizer's side of the step.
 
 Why: at small batches, training RWKV on a fast GPU is bound by the host launching kernels, not by the GPU: the
 1.5B model at 1024 tokens spent ~265 ms of host time per step on ~66 ms of GPU work (bench/NOTES.md). Replaying
@@ -14,6 +15,12 @@ pool, since only one runs at a time.
 
 What the step may not do inside: synchronize with the host (the loss is `dense_head_loss`), change shape, or use
 packed batches (fla derives its chunk index from cu_seqlens on the host).
+
+The update (`GraphedUpdate`) is two more graphs, so that the trainer can still refuse a non-finite step before
+applying it: one computes the gradients' total norm, the host reads it together with the loss (the step's only
+synchronization), the other clips with that norm, runs AdamW (built `capturable`, its rates device tensors the
+schedule overwrites) and zeroes the gradients in place. Measured on the 1.5B LoRA step: the eager optimizer,
+clipping and their host work left the GPU idle ~26% of the step (bench/NOTES.md).
 """
 
 from collections import Counter
@@ -82,3 +89,58 @@ class GraphedStep:
             loss = self.fn(ids, lab, norm)
         self.pool = graph.pool()
         return _Captured(graph, ids, lab, norm, loss)
+
+
+class _Replayed:
+    """fn() (no inputs) run eagerly on its first call, captured on its second and replayed from then on;
+    returns fn's output (on replays the same tensor, overwritten)."""
+
+    def __init__(self, fn: Callable[[], Tensor | None]) -> None:
+        self.fn, self.calls, self.graph, self.out = fn, 0, None, None
+
+    def __call__(self) -> Tensor | None:
+        if self.graph is None:
+            self.calls += 1
+            if self.calls == 1:
+                return self.fn()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.out = self.fn()
+            self.graph = graph
+        self.graph.replay()
+        return self.out
+
+
+class GraphedUpdate:
+    """Clip + AdamW step + zeroed gradients of `params`, as `grad_norm()` then `apply()` (see the module's
+    docstring). `optimizer` must be capturable; max_norm inf: no clipping (the norm is still reported)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float) -> None:
+        self.optimizer, self.params, self.max_norm = optimizer, params, max_norm
+        self.norm: Tensor | None = None
+        self._norm = _Replayed(self._total_norm)
+        self._apply = _Replayed(self._update)
+
+    def grad_norm(self) -> Tensor:
+        """The 2-norm of all gradients, a 0-d fp32 device tensor."""
+        for p in self.params:  # a tensor without a gradient yet would change the captured list later
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.norm = self._norm()
+        return self.norm
+
+    def apply(self) -> None:
+        self._apply()
+
+    def apply_eagerly(self) -> None:
+        """`apply` without a graph (after a failed capture), with the norm `grad_norm` returned."""
+        self._update()
+
+    def _total_norm(self) -> Tensor:
+        return torch.nn.utils.get_total_norm([p.grad for p in self.params]).float()
+
+    def _update(self) -> None:
+        if self.max_norm != float("inf"):
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.max_norm, self.norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)

@@ -10,9 +10,10 @@ epoch_steps x micro_bsz ones.
 One optimizer step: fetch accumulate_grad_batches micro-batches, count their trained tokens N (over all ranks:
 the global batch), run forward and backward on each with loss sum(CE)/N (so the step's gradient is the token-mean
 over all of them, as one process seeing the whole global batch would compute), unscale (fp16), clip, check for
-NaN/inf, step. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and
-`checkpoint-last/`. On a GPU each micro-batch's forward and backward is usually a replayed CUDA graph (graph.py;
---cuda_graph), rows padded to a few bucket lengths so that few graphs (and compiled shapes) are needed.
+NaN/inf, step; the step's loss and gradient norm are read back to the host once, at the check. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and
+`checkpoint-last/`. On a GPU each micro-batch's forward and backward, and then the clipping and optimizer step,
+are usually replayed CUDA graphs (graph.py; --cuda_graph), rows padded to a few bucket lengths so that few graphs
+(and compiled shapes) are needed.
 
 Several ranks (torchrun, `--devices N`): each reads its own share of every global batch, the --strategy engine
 (`wrap.py`) averages gradients, the reported loss, token counts and speed are those of the whole global batch
@@ -35,7 +36,7 @@ from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, sa
 from .config import TrainConfig
 from .dist import init_distributed, resolve_device, shutdown_distributed
 from .eval import evaluate, sample
-from .graph import GraphedStep
+from .graph import GraphedStep, GraphedUpdate
 from .infctx import infctx_backward
 from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
 from .optim import apply_schedule
@@ -97,6 +98,9 @@ class Trainer:
         # Compiled or graphed steps want few distinct shapes: rows are padded up to bucket lengths.
         self.bucketed = s.model.compile or s.cuda_graph
         self.graphed = GraphedStep(self._dense_forward_backward, s.trainable) if s.cuda_graph else None
+        self.update = None
+        if s.cuda_graph and s.scaler is None and not s.engine.owns_step:
+            self.update = GraphedUpdate(s.optimizer, s.trainable, cfg.optim.gradient_clip_val or math.inf)
         if self.resume is not None:
             self._restore(self.resume)
         self.log = RunLogger(s.proj_dir, self.dist.is_main, cfg.log.progress, cfg.log.log_every, self.step,
@@ -176,10 +180,13 @@ class Trainer:
         normalizer = max(1, n_tokens)
         # fp16: the scaler's current factor (scaling a unit also starts the scaler on its first step).
         scale = float(s.scaler.scale(torch.ones((), device=self.device))) if s.scaler is not None else 1.0
-        ce_sum = sum(self.forward_backward(b, normalizer, scale, last=i == len(micro) - 1)
-                     for i, b in enumerate(micro))
-        loss = self.dist.all_reduce_sum([ce_sum], self.device)[0] / normalizer
-        if s.engine.owns_step:  # DeepSpeed clips and steps itself, and skips a non-finite update
+        ce = sum(self.forward_backward(b, normalizer, scale, last=i == len(micro) - 1) for i, b in enumerate(micro))
+        result = self._graphed_update(ce, normalizer) if self.update is not None else None
+        if result is None:
+            loss = self.dist.all_reduce_sum([float(ce)], self.device)[0] / normalizer
+        if result is not None:
+            loss, grad_norm = result
+        elif s.engine.owns_step:  # DeepSpeed clips and steps itself, and skips a non-finite update
             if not math.isfinite(loss):
                 self._diverged(loss, math.nan)
             grad_norm = s.engine.step()
@@ -209,29 +216,25 @@ class Trainer:
             record["skipped"] = True  # fp16 overflow: the scaler lowered its factor and skipped this update
         return record
 
-    def forward_backward(self, batch, normalizer: int, scale: float = 1.0, last: bool = True) -> float:
-        """Backward of one micro-batch's share of the step loss (times `scale`); returns its sum of CE.
-        `last`: the step's last micro-batch (where the engine synchronises gradients)."""
+    def forward_backward(self, batch, normalizer: int, scale: float = 1.0, last: bool = True) -> torch.Tensor:
+        """Backward of one micro-batch's share of the step loss (times `scale`); returns its sum of CE (a 0-d
+        tensor, not read back here). `last`: the step's last micro-batch (where the engine synchronises gradients)."""
         s = self.s
         # The engines average gradients over ranks; each rank's share of the global mean is worth world_size.
         normalizer = normalizer / s.engine.grad_divisor
         if self.graphed is not None:
             try:
-                return float(self.graphed(batch.input_ids, batch.labels, normalizer)) * normalizer
-            except RuntimeError as e:  # a capture failed (nothing ran in it); auto mode goes on without graphs
-                if self.cfg.model.cuda_graph == "1":
-                    raise
-                self.log.echo(f"CUDA graph capture failed ({str(e).splitlines()[0][:160]}); continuing without "
-                              "--cuda_graph", log=True)
-                self.graphed = None
+                return self.graphed(batch.input_ids, batch.labels, normalizer) * normalizer
+            except RuntimeError as e:
+                self._capture_failed("a micro-batch", e)
         if s.chunk_ctx:
-            return infctx_backward(s.model, batch.input_ids, batch.labels, s.chunk_ctx, normalizer, s.precision,
-                                   scale)[0]
+            return torch.as_tensor(infctx_backward(s.model, batch.input_ids, batch.labels, s.chunk_ctx, normalizer,
+                                                   s.precision, scale)[0])
         with s.engine.accumulating(last):
             loss, _ = s.engine.loss(batch.input_ids, batch.labels, batch.cu_seqlens, normalizer)
             if loss.requires_grad:
                 s.engine.backward(loss * scale)
-        return float(loss.detach()) * normalizer
+        return loss.detach() * normalizer
 
     def _dense_forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                                 normalizer: torch.Tensor) -> torch.Tensor:
@@ -239,6 +242,32 @@ class Trainer:
         loss = self.s.engine.module.dense_loss(input_ids, labels, normalizer)
         loss.backward()
         return loss.detach()
+
+    def _graphed_update(self, ce: torch.Tensor, normalizer: int) -> tuple[float, float] | None:
+        """The update as replayed graphs (one process, no loss scaler): returns (loss, gradient norm), or None
+        when capturing the norm failed (the caller then updates eagerly)."""
+        try:
+            norm = self.update.grad_norm()
+        except RuntimeError as e:
+            self._capture_failed("the update", e)
+            return None
+        ce_sum, grad_norm = torch.stack([ce.float(), norm]).tolist()  # the step's one host sync
+        if not (math.isfinite(ce_sum) and math.isfinite(grad_norm)):
+            self._diverged(ce_sum / normalizer, grad_norm)
+        try:
+            self.update.apply()
+        except RuntimeError as e:
+            self._capture_failed("the update", e)
+            GraphedUpdate.apply_eagerly(self.update)
+        return ce_sum / normalizer, grad_norm
+
+    def _capture_failed(self, what: str, error: RuntimeError) -> None:
+        """A capture failed (nothing ran in it): --cuda_graph 1 stops, auto goes on without graphs."""
+        if self.cfg.model.cuda_graph == "1":
+            raise error
+        self.log.echo(f"CUDA graph capture of {what} failed ({str(error).splitlines()[0][:160]}); continuing "
+                      "without --cuda_graph", log=True)
+        self.graphed = self.update = None
 
     def _unscale_and_clip(self) -> float:
         s = self.s

@@ -24,7 +24,7 @@ from ..quant import quantize_model
 from .checkpoint import ResumePoint
 from .config import TrainConfig
 from .dist import DistInfo
-from .optim import GroupRates, build_optimizer, state_rates
+from .optim import GroupRates, build_optimizer, preallocate, state_rates
 from .precision import Precision
 from .schedule import Schedule
 from .wrap import Engine, check_supported, resolve_strategy, wrap
@@ -222,8 +222,10 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                   accumulate=o.accumulate_grad_batches, clip=o.gradient_clip_val)
     named = adapters.trainable_parameters(model)
     optimizer = build_optimizer(named, rates, (o.beta1, o.beta2), o.adam_eps, o.weight_decay, o.layerwise_lr,
-                                fused=True if device.type == "cuda" else None)
+                                fused=True if device.type == "cuda" else None, capturable=cuda_graph)
     engine.attach(optimizer)
+    if strategy == "single" and device.type == "cuda":
+        preallocate(optimizer, grads=cuda_graph)
     if strategy == "fsdp" and spec.method == "none":
         notes.append("--strategy fsdp shards only the frozen base; with full fine-tuning everything trains and "
                      "stays replicated, so use deepspeed_stage_3 to shard it")

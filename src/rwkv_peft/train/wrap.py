@@ -37,6 +37,7 @@ from ..errors import UserError
 from .config import STRATEGIES
 from .dist import DistInfo
 from .loss import dense_head_loss, head_loss
+from .optim import load_portable_state, portable_state
 from .precision import Precision
 
 # RWKV-7's block 0 has value-residual parameters it never uses (there is no earlier layer's value to mix in).
@@ -136,10 +137,10 @@ class Engine:
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
         """The optimizer's state to save (called on every rank, used from rank 0)."""
-        return optimizer.state_dict()
+        return portable_state(optimizer)
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        optimizer.load_state_dict(state)
+        load_portable_state(optimizer, state)
 
 
 class DDPEngine(Engine):
