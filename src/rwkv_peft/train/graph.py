@@ -51,6 +51,10 @@ class GraphedStep:
         self.graphs: dict[tuple[int, ...], _Captured] = {}
         self.calls: Counter = Counter()
         self.pool = None
+        # One side stream for warm-ups and captures: every stream that runs a matmul gets its own cuBLAS
+        # workspace from the allocator, kept for good (H100: 64 MiB each; a stream per warm-up and torch's own
+        # capture stream held three of them).
+        self.stream: torch.cuda.Stream | None = None
 
     def __call__(self, input_ids: Tensor, labels: Tensor, normalizer: float) -> Tensor:
         shape = tuple(input_ids.shape)
@@ -67,7 +71,7 @@ class GraphedStep:
         return captured.loss
 
     def _side_stream(self, input_ids: Tensor, labels: Tensor, normalizer: float) -> Tensor:
-        stream = torch.cuda.Stream(input_ids.device)
+        stream = self.stream = self.stream or torch.cuda.Stream(input_ids.device)
         stream.wait_stream(torch.cuda.current_stream(input_ids.device))
         with torch.cuda.stream(stream):
             norm = torch.full((), normalizer, dtype=torch.float32, device=input_ids.device)
@@ -85,7 +89,7 @@ class GraphedStep:
         torch.cuda.synchronize(input_ids.device)
         torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             loss = self.fn(ids, lab, norm)
         self.pool = graph.pool()
         return _Captured(graph, ids, lab, norm, loss)
