@@ -113,3 +113,16 @@ def test_bad_files_give_one_line_and_nonzero_exit(tmp_path):
         assert result.returncode == 2, name
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
         assert expected[name] in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("version", [7, 6])
+def test_hidden_takes_gathered_embeddings_in_place_of_ids(version):
+    """What the trainer passes when the embedding table stays on the host (--quant on a GPU)."""
+    from rwkv_peft.model.embed import embed
+
+    cfg = tiny_config(version)
+    model = model_from_state_dict(random_state_dict(cfg, seed=1))
+    tokens = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2))
+    gathered = embed(model.emb, tokens)
+    assert gathered.shape == (2, 9, cfg.n_embd) and embed(model.emb, gathered) is gathered
+    assert torch.equal(model.hidden(gathered)[0], model.hidden(tokens)[0])

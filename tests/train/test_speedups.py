@@ -135,3 +135,20 @@ def test_graphed_update_equals_the_eager_one(max_norm):
     for eager, graphed in zip(runs[False][0], runs[True][0]):
         assert torch.allclose(graphed, eager, rtol=GRAPH_FP32, atol=1e-7)
     assert runs[True][1] == pytest.approx(runs[False][1], rel=GRAPH_FP32)
+
+
+@cuda
+def test_quantized_base_keeps_its_embedding_on_the_host(base, data, tmp_path):
+    """--quant on a GPU: the frozen table stays in host memory; the graphed run (rows gathered before each replay)
+    and the eager one (gathered inside the forward) train the same steps."""
+    runs = {}
+    for graph in ("0", "1"):
+        proj = tmp_path / f"graph{graph}"
+        r = run_cli(*gpu_args(base, data, proj, "--peft", "lora", "--lora_config", '{"lora_dropout":0}',
+                              "--quant", "nf4", "--op", "torch", "--compile", "0", "--cuda_graph", graph,
+                              "--lr_init", "1e-6", "--lr_final", "1e-6"))
+        assert r.rc == 0, r.err
+        assert "embedding table stays in host memory" in r.out
+        runs[graph] = records(proj)
+    for eager, graphed in zip(runs["0"], runs["1"], strict=True):
+        assert abs(graphed["loss"] - eager["loss"]) <= GRAPH_FP32 * abs(eager["loss"]), eager["step"]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import token_shift, wkv6
+from .embed import embed
 from .state import RWKVState
 
 
@@ -152,7 +153,7 @@ class RWKV6(nn.Module):
     def hidden(self, tokens: Tensor, state: RWKVState | None = None,
                cu_seqlens: Tensor | None = None) -> tuple[Tensor, RWKVState]:
         """tokens [B, T] -> (hidden after ln_out [B, T, C], state after the last token). See RWKV7.hidden."""
-        x = self.emb(tokens)
+        x = embed(self.emb, tokens)
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         new = RWKVState([], [], [])
         for i, block in enumerate(self.blocks):

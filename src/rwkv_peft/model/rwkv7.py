@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import token_shift, wkv7
+from .embed import embed
 from .state import RWKVState
 
 # e^{-1/2}: the largest per-step log-decay magnitude; keeps every decay in (0.545, 1).
@@ -201,11 +202,12 @@ class RWKV7(nn.Module):
     def hidden(self, tokens: Tensor, state: RWKVState | None = None,
                cu_seqlens: Tensor | None = None) -> tuple[Tensor, RWKVState]:
         """tokens [B, T] -> final hidden states after ln_out [B, T, C], and the state after the last token.
+        tokens may also be their embeddings [B, T, C] already gathered (see `embed`).
 
         state None starts every sequence fresh (zeros, or the tuned time_state). With cu_seqlens (B = 1) each
         packed document starts fresh; the returned WKV states are then one per document.
         """
-        e = self.emb(tokens)
+        e = embed(self.emb, tokens)
         x = self.blocks[0].ln0(e).to(e.dtype)
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         v_first = None

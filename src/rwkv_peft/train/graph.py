@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# fn(input_ids [B, T], labels [B, T], normalizer 0-d fp32) -> the detached loss; runs backward itself.
+# fn(input_ids [B, T] (or their embeddings [B, T, C]), labels [B, T], normalizer 0-d fp32) -> the detached loss;
+# runs backward itself.
 StepFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 

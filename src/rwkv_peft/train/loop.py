@@ -30,6 +30,7 @@ import torch
 
 from .. import adapters
 from ..data.batch import bucket_length
+from ..model.embed import embed
 from ..errors import UserError
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, save_checkpoint
@@ -223,8 +224,11 @@ class Trainer:
         # The engines average gradients over ranks; each rank's share of the global mean is worth world_size.
         normalizer = normalizer / s.engine.grad_divisor
         if self.graphed is not None:
+            # A host-resident embedding table (--quant): its rows are gathered before the replay, not inside.
+            on_host = s.model.emb.weight.device.type != batch.input_ids.device.type
+            inputs = embed(s.model.emb, batch.input_ids) if on_host else batch.input_ids
             try:
-                return self.graphed(batch.input_ids, batch.labels, normalizer) * normalizer
+                return self.graphed(inputs, batch.labels, normalizer) * normalizer
             except RuntimeError as e:
                 self._capture_failed("a micro-batch", e)
         if s.chunk_ctx:
@@ -238,7 +242,8 @@ class Trainer:
 
     def _dense_forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                                 normalizer: torch.Tensor) -> torch.Tensor:
-        """forward_backward without host syncs (what a CUDA graph captures); returns the detached step loss."""
+        """forward_backward without host syncs (what a CUDA graph captures); returns the detached step loss.
+        input_ids may be their embeddings already gathered (a host-resident table)."""
         loss = self.s.engine.module.dense_loss(input_ids, labels, normalizer)
         loss.backward()
         return loss.detach()
