@@ -29,8 +29,8 @@ from rwkv_peft.model import RWKV7Config
 from rwkv_peft.model.checkpoint import write_checkpoint
 from rwkv_peft.model.init import random_state_dict
 from rwkv_peft.train import build_config
-from rwkv_peft.train.loop import Trainer
 from rwkv_peft.train.dist import shutdown_distributed
+from rwkv_peft.train.loop import Trainer
 
 MODELS = {"tiny": (2, 128), **OFFICIAL}  # tiny: a CPU check of the script itself
 METHODS = {  # the issue's methods, as the seeds' flags spell them

@@ -10,10 +10,10 @@ epoch_steps x micro_bsz ones.
 One optimizer step: fetch accumulate_grad_batches micro-batches, count their trained tokens N (over all ranks:
 the global batch), run forward and backward on each with loss sum(CE)/N (so the step's gradient is the token-mean
 over all of them, as one process seeing the whole global batch would compute), unscale (fp16), clip, check for
-NaN/inf, step; the step's loss and gradient norm are read back to the host once, at the check. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and
-`checkpoint-last/`. On a GPU each micro-batch's forward and backward, and then the clipping and optimizer step,
-are usually replayed CUDA graphs (graph.py; --cuda_graph), rows padded to a few bucket lengths so that few graphs
-(and compiled shapes) are needed.
+NaN/inf, step; the step's loss and gradient norm are read back to the host once, at the check. The epoch's end
+saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and `checkpoint-last/`. On a GPU each
+micro-batch's forward and backward, and then the clipping and optimizer step, are usually replayed CUDA graphs
+(graph.py; --cuda_graph), rows padded to a few bucket lengths so that few graphs (and compiled shapes) are needed.
 
 Several ranks (torchrun, `--devices N`): each reads its own share of every global batch, the --strategy engine
 (`wrap.py`) averages gradients, the reported loss, token counts and speed are those of the whole global batch
@@ -30,8 +30,8 @@ import torch
 
 from .. import adapters
 from ..data.batch import bucket_length
-from ..model.embed import embed
 from ..errors import UserError
+from ..model.embed import embed
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import ResumePoint, find_checkpoint, read_checkpoint_folder, save_checkpoint
 from .config import TrainConfig
@@ -183,28 +183,11 @@ class Trainer:
         scale = float(s.scaler.scale(torch.ones((), device=self.device))) if s.scaler is not None else 1.0
         ce = sum(self.forward_backward(b, normalizer, scale, last=i == len(micro) - 1) for i, b in enumerate(micro))
         result = self._graphed_update(ce, normalizer) if self.update is not None else None
-        if result is None:
-            loss = self.dist.all_reduce_sum([float(ce)], self.device)[0] / normalizer
         if result is not None:
             loss, grad_norm = result
-        elif s.engine.owns_step:  # DeepSpeed clips and steps itself, and skips a non-finite update
-            if not math.isfinite(loss):
-                self._diverged(loss, math.nan)
-            grad_norm = s.engine.step()
-            if not math.isfinite(grad_norm):
-                self._diverged(loss, grad_norm)
         else:
-            s.engine.sync_gradients()
-            grad_norm = self._unscale_and_clip()
-            if not math.isfinite(loss) or (s.scaler is None and not math.isfinite(grad_norm)):
-                self._diverged(loss, grad_norm)
-            if s.scaler is not None:
-                s.scaler.step(s.optimizer)  # skips the update itself when fp16 gradients overflowed
-                s.scaler.update()
-            else:
-                s.optimizer.step()
-            # A captured backward adds into the same tensors.
-            s.optimizer.zero_grad(set_to_none=self.graphed is None)
+            loss = self.dist.all_reduce_sum([float(ce)], self.device)[0] / normalizer
+            grad_norm = self._eager_update(loss)
         self.step += 1
         self.tokens += n_tokens
         self.last_loss = loss
@@ -248,6 +231,29 @@ class Trainer:
         loss.backward()
         return loss.detach()
 
+    def _eager_update(self, loss: float) -> float:
+        """Synchronise, clip and step (or let the engine do it); returns the gradient norm."""
+        s = self.s
+        if s.engine.owns_step:  # DeepSpeed clips and steps itself, and skips a non-finite update
+            if not math.isfinite(loss):
+                self._diverged(loss, math.nan)
+            grad_norm = s.engine.step()
+            if not math.isfinite(grad_norm):
+                self._diverged(loss, grad_norm)
+            return grad_norm
+        s.engine.sync_gradients()
+        grad_norm = self._unscale_and_clip()
+        if not math.isfinite(loss) or (s.scaler is None and not math.isfinite(grad_norm)):
+            self._diverged(loss, grad_norm)
+        if s.scaler is not None:
+            s.scaler.step(s.optimizer)  # skips the update itself when fp16 gradients overflowed
+            s.scaler.update()
+        else:
+            s.optimizer.step()
+        # A captured backward adds into the same tensors.
+        s.optimizer.zero_grad(set_to_none=self.graphed is None)
+        return grad_norm
+
     def _graphed_update(self, ce: torch.Tensor, normalizer: int) -> tuple[float, float] | None:
         """The update as replayed graphs (one process, no loss scaler): returns (loss, gradient norm), or None
         when capturing the norm failed (the caller then updates eagerly)."""
@@ -259,11 +265,12 @@ class Trainer:
         ce_sum, grad_norm = torch.stack([ce.float(), norm]).tolist()  # the step's one host sync
         if not (math.isfinite(ce_sum) and math.isfinite(grad_norm)):
             self._diverged(ce_sum / normalizer, grad_norm)
+        update = self.update
         try:
-            self.update.apply()
+            update.apply()
         except RuntimeError as e:
             self._capture_failed("the update", e)
-            GraphedUpdate.apply_eagerly(self.update)
+            update.apply_eagerly()
         return ce_sum / normalizer, grad_norm
 
     def _capture_failed(self, what: str, error: RuntimeError) -> None:

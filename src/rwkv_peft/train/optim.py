@@ -76,16 +76,14 @@ def build_optimizer(named: dict[str, nn.Parameter], rates: GroupRates, betas: tu
 
 def apply_schedule(optimizer: torch.optim.Optimizer, schedule, step: int) -> float:
     """Set every group's rate for optimizer step `step`; returns the main group's rate (for logging)."""
-    rate = 0.0
     for group in optimizer.param_groups:
         lr = schedule.lr(step, group["lr_init"], group["lr_final"])
         if isinstance(group["lr"], Tensor):
             group["lr"].fill_(lr)  # in place: a captured optimizer step reads this tensor
         else:
             group["lr"] = lr
-        if group["name"] in ("decay", "no_decay") or group is optimizer.param_groups[0]:
-            rate = lr
-    return rate
+    main = next((g for g in optimizer.param_groups if g["name"] in ("decay", "no_decay")), optimizer.param_groups[0])
+    return schedule.lr(step, main["lr_init"], main["lr_final"])
 
 
 def preallocate(optimizer: torch.optim.AdamW, grads: bool) -> None:
