@@ -81,9 +81,7 @@ class GraphedStep:
         return loss
 
     def _capture(self, input_ids: Tensor, labels: Tensor) -> _Captured:
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        _give_gradients(self.params)
         ids, lab = input_ids.clone(), labels.clone()
         norm = torch.ones((), dtype=torch.float32, device=input_ids.device)
         # The eager warm-up's cached blocks would otherwise stay reserved next to the graph's own pool.
@@ -94,6 +92,14 @@ class GraphedStep:
             loss = self.fn(ids, lab, norm)
         self.pool = graph.pool()
         return _Captured(graph, ids, lab, norm, loss)
+
+
+def _give_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Zero gradients where there are none yet: a graph reads and writes the `.grad` tensors it was captured with,
+    so they must exist before the capture and stay the same tensors afterwards."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 class _Replayed:
@@ -128,9 +134,7 @@ class GraphedUpdate:
 
     def grad_norm(self) -> Tensor:
         """The 2-norm of all gradients, a 0-d fp32 device tensor."""
-        for p in self.params:  # a tensor without a gradient yet would change the captured list later
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        _give_gradients(self.params)
         self.norm = self._norm()
         return self.norm
 
