@@ -49,6 +49,7 @@ class GraphedStep:
 
     def __init__(self, fn: StepFn, params: list[torch.nn.Parameter], warmup: int = 2) -> None:
         self.fn, self.params, self.warmup = fn, params, warmup
+        _give_gradients(params)
         self.graphs: dict[tuple[int, ...], _Captured] = {}
         self.calls: Counter = Counter()
         self.pool = None
@@ -81,7 +82,6 @@ class GraphedStep:
         return loss
 
     def _capture(self, input_ids: Tensor, labels: Tensor) -> _Captured:
-        _give_gradients(self.params)
         ids, lab = input_ids.clone(), labels.clone()
         norm = torch.ones((), dtype=torch.float32, device=input_ids.device)
         # The eager warm-up's cached blocks would otherwise stay reserved next to the graph's own pool.
@@ -95,8 +95,9 @@ class GraphedStep:
 
 
 def _give_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Zero gradients where there are none yet: a graph reads and writes the `.grad` tensors it was captured with,
-    so they must exist before the capture and stay the same tensors afterwards."""
+    """Zero gradients where there are none yet, at construction: a graph reads and writes the `.grad` tensors it
+    was captured with, so they must exist before and stay the same tensors after; made before the first forward,
+    they also sit next to the parameters rather than pinning allocator segments that activations used."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -128,13 +129,13 @@ class GraphedUpdate:
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float) -> None:
         self.optimizer, self.params, self.max_norm = optimizer, params, max_norm
+        _give_gradients(params)
         self.norm: Tensor | None = None
         self._norm = _Replayed(self._total_norm)
         self._apply = _Replayed(self._update)
 
     def grad_norm(self) -> Tensor:
         """The 2-norm of all gradients, a 0-d fp32 device tensor."""
-        _give_gradients(self.params)
         self.norm = self._norm()
         return self.norm
 

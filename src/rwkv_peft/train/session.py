@@ -235,7 +235,7 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                                 fused=True if device.type == "cuda" else None, capturable=cuda_graph)
     engine.attach(optimizer)
     if strategy == "single" and device.type == "cuda":
-        preallocate(optimizer, grads=cuda_graph)
+        preallocate(optimizer)
     if strategy == "fsdp" and spec.method == "none":
         notes.append("--strategy fsdp shards only the frozen base; with full fine-tuning everything trains and "
                      "stays replicated, so use deepspeed_stage_3 to shard it")
