@@ -250,8 +250,7 @@ class Trainer:
             s.scaler.update()
         else:
             s.optimizer.step()
-        # A captured backward adds into the same tensors.
-        s.optimizer.zero_grad(set_to_none=self.graphed is None)
+        s.optimizer.zero_grad()  # graphed runs never get here: GraphedUpdate zeroes their gradients in place
         return grad_norm
 
     def _graphed_update(self, ce: torch.Tensor, normalizer: int) -> tuple[float, float] | None:
