@@ -57,3 +57,22 @@ def test_bf16_compute_is_close():
     exact, _ = head_loss(hidden, weight, labels, 15)
     half, _ = head_loss(hidden, weight, labels, 15, compute_dtype=torch.bfloat16)
     assert abs(exact.item() - half.item()) < 2e-2 * exact.item()
+
+
+def test_compiled_chunks_match_the_eager_ones(monkeypatch):
+    """The dense path's `fused` chunks (torch.compile of the same function) give the eager value and gradient."""
+    V = 64
+    monkeypatch.setattr(loss_module, "_CHUNK_LOGITS", 4 * V)
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(1, 8, 16, generator=g, requires_grad=True)
+    weight = torch.randn(V, 16, generator=g)
+    labels = torch.randint(0, V, (1, 8), generator=g)
+    labels[0, 1] = -100
+    results = []
+    for fused in (False, True):
+        loss = dense_head_loss(hidden, weight, labels, torch.tensor(7.0), fused=fused)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad))
+        hidden.grad = None
+    (eager, eager_grad), (fused, fused_grad) = results
+    assert torch.allclose(eager, fused, rtol=1e-6) and torch.allclose(eager_grad, fused_grad, atol=1e-6)

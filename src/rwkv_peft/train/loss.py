@@ -14,6 +14,8 @@ RWKV-PEFT divides by B*T and applies it to padding too; here it covers trained t
 the incoming gradient (loss scaling, accumulation), which RWKV-PEFT's did not.
 """
 
+from functools import cache
+
 import torch
 from torch import Tensor
 
@@ -24,37 +26,61 @@ L2WRAP = 1e-4
 _CHUNK_LOGITS = 1 << 24
 
 
+def _chunk_ce(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Sum of CE over the valid rows of one chunk: logits [n, V], targets [n] (>= 0), valid [n] bool -> fp32 0-d."""
+    z = logits.float()
+    return ((torch.logsumexp(z, dim=-1) - z.gather(1, targets[:, None])[:, 0]) * valid).sum()
+
+
+def _chunk_grad(logits: Tensor, targets: Tensor, valid: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """One chunk's CE and its gradient: logits [n, V] in the head matmul's dtype, targets [n] (>= 0), valid [n]
+    bool, row_scale [n] (each row's weight in the gradient: valid / normalizer).
+    Returns (sum of CE over valid rows, fp32 0-d; d loss / d logits [n, V] in the logits' dtype, L2Wrap included).
+    Softmax runs in fp32 (in place, to hold one fp32 chunk at a time when run eagerly)."""
+    z = logits.float()
+    lse = torch.logsumexp(z, dim=-1)
+    ce = ((lse - z.gather(1, targets[:, None])[:, 0]) * valid).sum()
+    top, top_idx = z.max(dim=-1)
+    rows = torch.arange(len(targets), device=z.device)
+    grad = z.sub_(lse[:, None]).exp_()                                      # softmax
+    grad[rows, targets] -= 1.0
+    grad[rows, top_idx] += L2WRAP * top
+    return ce, grad.mul_(row_scale[:, None]).to(logits.dtype)
+
+
+@cache
+def _compiled_chunk_grad():
+    """`_chunk_grad` through torch.compile: its half-dozen passes over the fp32 chunk become two kernels that read
+    the logits and write the gradient (shapes are static on the dense path, so it compiles once)."""
+    return torch.compile(_chunk_grad, dynamic=False)
+
+
 class _HeadCrossEntropy(torch.autograd.Function):
     """sum(CE(x @ W^T, y)) / normalizer with L2Wrap, gradients computed chunk by chunk in forward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, normalizer: "float | Tensor",
-                compute_dtype: torch.dtype, want_grad: bool, chunk_rows: int) -> Tensor:
+                compute_dtype: torch.dtype, want_grad: bool, chunk_rows: int, fused: bool) -> Tensor:
         need_x = want_grad and x.requires_grad
         need_w = want_grad and weight.requires_grad
         w = weight.to(compute_dtype)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if need_x else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        rows = torch.arange(min(chunk_rows, x.shape[0]), device=x.device)
+        chunk_grad = _compiled_chunk_grad() if fused else _chunk_grad
         for lo in range(0, x.shape[0], chunk_rows):
             xc, yc = x[lo:lo + chunk_rows].to(compute_dtype), targets[lo:lo + chunk_rows]
-            n = yc.shape[0]
             # Rows labelled IGNORE (only present on the dense path) weigh 0 in the loss and in every gradient.
             valid = yc != IGNORE
             yc = yc.clamp(min=0)
-            logits = (xc @ w.t()).float()                                       # [n, V]
-            lse = torch.logsumexp(logits, dim=-1)
-            total += ((lse - logits.gather(1, yc[:, None])[:, 0]) * valid).sum()
+            logits = xc @ w.t()                                                 # [n, V]
             if not (need_x or need_w):
+                total += _chunk_ce(logits, yc, valid)
                 continue
-            top, top_idx = logits.max(dim=-1)
-            grad = logits.sub_(lse[:, None]).exp_()                             # softmax, in place
-            grad[rows[:n], yc] -= 1.0
-            grad[rows[:n], top_idx] += L2WRAP * top
-            grad = grad.mul_((valid / normalizer)[:, None]).to(compute_dtype)
+            ce, grad = chunk_grad(logits, yc, valid, valid / normalizer)
+            total += ce
             if need_x:
-                grad_x[lo:lo + n] = (grad @ w).to(x.dtype)
+                grad_x[lo:lo + len(yc)] = (grad @ w).to(x.dtype)
             if need_w:
                 grad_w += (grad.t() @ xc).float()
         ctx.save_for_backward(grad_x, grad_w)
@@ -66,7 +92,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         grad_x, grad_w = ctx.saved_tensors
         gx = None if grad_x is None else grad_x * grad_out.to(grad_x.dtype)
         gw = None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype)
-        return gx, gw, None, None, None, None, None
+        return gx, gw, None, None, None, None, None, None
 
 
 def head_loss(hidden: Tensor, weight: Tensor, labels: Tensor, normalizer: float,
@@ -85,15 +111,18 @@ def head_loss(hidden: Tensor, weight: Tensor, labels: Tensor, normalizer: float,
     x = hidden.reshape(-1, hidden.shape[-1])[keep]
     want_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     chunk_rows = max(1, _CHUNK_LOGITS // weight.shape[0])
-    loss = _HeadCrossEntropy.apply(x, weight, flat[keep], float(normalizer), compute_dtype, want_grad, chunk_rows)
+    loss = _HeadCrossEntropy.apply(x, weight, flat[keep], float(normalizer), compute_dtype, want_grad, chunk_rows,
+                                   False)
     return loss, n
 
 
 def dense_head_loss(hidden: Tensor, weight: Tensor, labels: Tensor, normalizer: Tensor,
-                    compute_dtype: torch.dtype = torch.float32) -> Tensor:
+                    compute_dtype: torch.dtype = torch.float32, fused: bool = False) -> Tensor:
     """`head_loss` without a host sync, for a step captured in a CUDA graph: every position goes through the head
-    (untrained ones weigh 0), and `normalizer` is a 0-d tensor. Returns sum(CE)/normalizer with gradient."""
+    (untrained ones weigh 0), and `normalizer` is a 0-d tensor. Returns sum(CE)/normalizer with gradient.
+    fused: run each chunk's softmax and gradient through torch.compile (the shapes here never change)."""
     x = hidden.reshape(-1, hidden.shape[-1])
     want_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     chunk_rows = max(1, _CHUNK_LOGITS // weight.shape[0])
-    return _HeadCrossEntropy.apply(x, weight, labels.reshape(-1), normalizer, compute_dtype, want_grad, chunk_rows)
+    return _HeadCrossEntropy.apply(x, weight, labels.reshape(-1), normalizer, compute_dtype, want_grad, chunk_rows,
+                                   fused)
