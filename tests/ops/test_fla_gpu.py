@@ -87,10 +87,14 @@ def test_wkv7_fla_matches_reference(T):
 @gpu
 @needs_fla
 def test_wkv7_fla_keeping_intermediates_changes_nothing():
-    """`recomputed=True` (block checkpointing: fla keeps its forward's intermediates instead of recomputing them
-    in backward) runs the same kernels on the same values: results equal to fla's default path's."""
+    """Keeping the forward's intermediates for backward (our default) instead of recomputing them there (fla's)
+    runs the same kernels on the same values: equal results."""
     inputs = _wkv7_inputs(2, 300, seed=9)
-    plain, kept = _run(wkv7, inputs, "fla", False), _run(wkv7, inputs, "fla", False, recomputed=True)
+
+    def fla_wkv7(*args, backend, keep, **kw):
+        return fla_backend.wkv7_fla(*args, keep_intermediates=keep, **kw)
+
+    plain, kept = (_run(fla_wkv7, inputs, "fla", False, keep=keep) for keep in (False, True))
     for a, b in zip([plain[0], plain[1], *plain[2]], [kept[0], kept[1], *kept[2]]):
         assert rel_err(b, a) < 1e-6
 

@@ -93,10 +93,9 @@ class TimeMix(nn.Module):
         return None if time_state is None else time_state.float().expand(n, -1, -1, -1)
 
     def forward(self, x: Tensor, v_first: Tensor | None, shift: Tensor | None, wkv_state: Tensor | None,
-                cu_seqlens: Tensor | None, backend: str,
-                recomputed: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                cu_seqlens: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x: ln1 output [B, T, C]; v_first: layer 0's values [B, T, C] (None in layer 0); shift [B, C];
-        wkv_state [B, H, N, N] fp32; recomputed: the block is checkpointed (see `ops.wkv7`).
+        wkv_state [B, H, N, N] fp32.
         Returns (delta for the residual, v_first, new shift, new WKV state)."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
@@ -125,7 +124,7 @@ class TimeMix(nn.Module):
         k = k * (1 + (iclr - 1) * c(self.k_a))
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv7(heads(r), heads(log_w), heads(k), heads(v), -kk, kk * heads(iclr), wkv_state,
-                            cu_seqlens=cu_seqlens, backend=backend, recomputed=recomputed)
+                            cu_seqlens=cu_seqlens, backend=backend)
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C).to(r.dtype)
         bonus = (heads(r) * heads(k) * c(self.r_k)).sum(-1, keepdim=True) * heads(v)
@@ -159,12 +158,12 @@ class Block(nn.Module):
         self.att = TimeMix(cfg)
         self.ffn = ChannelMix(cfg)
 
-    def forward(self, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, backend, recomputed=False):
+    def forward(self, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, backend):
         # The norms' outputs are cast back to the residual stream's dtype: autocast runs LayerNorm/GroupNorm in
         # fp32 and would otherwise turn every elementwise op after them into fp32 work plus casts (bf16 training:
         # the residual is bf16, as in RWKV-LM's bf16 training; fp32 models are unaffected).
         dx, v_first, att_shift, wkv_state = self.att(self.ln1(x).to(x.dtype), v_first, att_shift, wkv_state,
-                                                     cu_seqlens, backend, recomputed)
+                                                     cu_seqlens, backend)
         x = x + dx
         dx, ffn_shift = self.ffn(self.ln2(x).to(x.dtype), ffn_shift, cu_seqlens)
         return x + dx, v_first, att_shift, wkv_state, ffn_shift
@@ -222,7 +221,7 @@ class RWKV7(nn.Module):
                 att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
             args = (block, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
             if self.grad_cp and self.training and torch.is_grad_enabled():
-                x, v_first, att_shift, wkv_state, ffn_shift = checkpoint(run, *args, True, use_reentrant=False)
+                x, v_first, att_shift, wkv_state, ffn_shift = checkpoint(run, *args, use_reentrant=False)
             else:
                 x, v_first, att_shift, wkv_state, ffn_shift = run(*args)
             new.att_shift.append(att_shift)

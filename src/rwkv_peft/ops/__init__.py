@@ -44,12 +44,8 @@ def _check_packed(r: Tensor, cu_seqlens: Tensor | None) -> None:
 # graph breaks here, and the elementwise work on either side is compiled.
 @torch.compiler.disable
 def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None, *,
-         cu_seqlens: Tensor | None = None, backend: str = "auto", recomputed: bool = False) -> tuple[Tensor, Tensor]:
+         cu_seqlens: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV. r, log_w, k, v, a, b: [B, T, H, N]; state [B, H, N, N] fp32 or None.
-
-    `recomputed`: the caller runs this call's forward again before its backward (block checkpointing), so a
-    backend that would recompute its forward inside backward (fla) keeps the intermediates instead; they live
-    only between the recomputation and the backward.
 
     Returns y [B, T, H, N] (dtype of r) and the final state [B, H, N, N] fp32 ([num_docs, H, N, N] when packed).
     """
@@ -57,10 +53,9 @@ def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     impl = registry.resolve("wkv7", backend, r.device)
     if cu_seqlens is not None and impl.name == "torch":
         return _per_document(impl.fn, cu_seqlens, state, (r, log_w, k, v, a, b))
-    extra = {"keep_intermediates": True} if recomputed and impl.name == "fla" else {}
     if cu_seqlens is not None:
-        extra["cu_seqlens"] = cu_seqlens
-    return impl.fn(r, log_w, k, v, a, b, state=state, **extra)
+        return impl.fn(r, log_w, k, v, a, b, state=state, cu_seqlens=cu_seqlens)
+    return impl.fn(r, log_w, k, v, a, b, state=state)
 
 
 @torch.compiler.disable
