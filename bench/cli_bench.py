@@ -5,7 +5,8 @@ The setup mirrors reference/anchor-baseline.md: a random-init checkpoint with th
 shapes, a binidx file of random tokens in documents of 1100 tokens (every ctx-1024 sample full), --dataload pad,
 --loss_mask pad, bf16, the method's RWKV-PEFT default train_parts (time ln for weight adapters). Throughput is the
 median of the trainer's own per-step Kt/s after the warm-up steps (compilation, autotuning and graph capture
-happen there); memory: the allocator's peak reserved bytes and nvidia-smi's used memory at the end (process total).
+happen there); memory: the allocator's peak reserved bytes, and nvidia-smi's used memory (process total: CUDA
+context included) at the end and at its highest during the run (polled every 50 ms, start-up included).
 
     python bench/cli_bench.py --model 1.5b --method lora --ctx 1024 --bsz 1 --steps 30
     python bench/cli_bench.py --model 1.5b --method lora cuda_graph=0 compile=0   # the eager trainer
@@ -13,6 +14,7 @@ happen there); memory: the allocator's peak reserved bytes and nvidia-smi's used
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import MODELS as OFFICIAL
-from common import smi_used_gib, write_profile
+from common import SmiPeak, add_experiment_flags, apply_experiment_flags, smi_used_gib, write_profile
 
 from rwkv_peft.data.binidx import write_binidx
 from rwkv_peft.model import RWKV7Config
@@ -104,7 +106,9 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, help="write the top kernels of 3 steps after the warm-up here")
     ap.add_argument("--memory", action="store_true", help="print the allocator's segments at the end, per pool")
     ap.add_argument("extra", nargs="*", help="more trainer settings, key=value (grad_cp=1, quant=nf4, op=fla, ...)")
+    add_experiment_flags(ap)
     args = ap.parse_args()
+    apply_experiment_flags(args)
 
     ckpt, data = files(args.model, Path(args.cache))
     with tempfile.TemporaryDirectory() as proj:
@@ -115,11 +119,13 @@ def main() -> None:
         cfg = build_config(flags, overrides=args.extra)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        peak = SmiPeak() if torch.cuda.is_available() else contextlib.nullcontext()
         try:
-            trainer = Trainer(cfg)
-            if args.profile and torch.cuda.is_available():
-                profile_steps(trainer, args.warmup, 3, args.profile, f"{vars(args)}")
-            trainer.fit()
+            with peak:
+                trainer = Trainer(cfg)
+                if args.profile and torch.cuda.is_available():
+                    profile_steps(trainer, args.warmup, 3, args.profile, f"{vars(args)}")
+                trainer.fit()
             if args.memory and torch.cuda.is_available():
                 print(memory_by_pool())
         finally:
@@ -127,12 +133,15 @@ def main() -> None:
         records = [json.loads(line) for line in (Path(proj) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["kt_s"] for r in records if "kt_s" in r][args.warmup:]
     result = {"model": args.model, "method": args.method, "ctx": args.ctx, "bsz": args.bsz, "extra": args.extra,
+              "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv,
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
     if torch.cuda.is_available():
         result |= {"torch_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    "torch_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
-                   "smi_gib": round(smi_used_gib(), 2), "device": torch.cuda.get_device_name()}
+                   "smi_gib": round(smi_used_gib(), 2), "smi_peak_gib": round(peak.peak_bytes / 2**30, 3),
+                   "smi_peak_gb": round(peak.peak_bytes / 1e9, 3),
+                   "smi_peak_at_s": round(peak.peak_at_s, 1), "device": torch.cuda.get_device_name()}
     print(json.dumps(result))
     if args.out:
         with open(args.out, "a") as f:

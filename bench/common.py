@@ -3,6 +3,8 @@
 Imported as a sibling module (`python bench/x.py` and `torchrun bench/x.py` put bench/ on sys.path)."""
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +20,37 @@ def smi_used_gib() -> float:
     return int(out.stdout.split()[0]) / 1024
 
 
+class SmiPeak:
+    """The highest GPU memory in use (as nvidia-smi counts it) while the `with` block runs, polled from a
+    thread: the peak of the whole run, warm-up and graph capture included, as the anchor's figures are."""
+
+    def __init__(self, every_s: float = 0.05):
+        self.every_s, self.peak_bytes, self.peak_at_s, self._stop = every_s, 0, 0.0, threading.Event()
+
+    def _used(self) -> int:
+        try:
+            return torch.cuda.device_memory_used()  # NVML, when pynvml is installed
+        except Exception:
+            return int(smi_used_gib() * 2**30)
+
+    def _poll(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.is_set():
+            used = self._used()
+            if used > self.peak_bytes:
+                self.peak_bytes, self.peak_at_s = used, time.perf_counter() - start
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "SmiPeak":
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def write_profile(prof, wall_ms: float, steps: int, path: Path, header: str) -> None:
     """Top kernels by GPU time of a finished torch.profiler run over `steps` steps, and how busy the GPU was."""
     events = prof.key_averages()
@@ -25,3 +58,27 @@ def write_profile(prof, wall_ms: float, steps: int, path: Path, header: str) -> 
     table = events.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=90)
     path.write_text(f"{header}\n{steps} steps: wall {wall_ms:.1f} ms, GPU busy {gpu_ms:.1f} ms "
                     f"({gpu_ms / wall_ms:.0%})\n\n{table}\n")
+
+
+def add_experiment_flags(ap) -> None:
+    """Flags for trying a change before it becomes the trainer's default (results name them)."""
+    ap.add_argument("--act-budget", type=float, default=None,
+                    help="torch.compile partitioner activation memory budget (0..1): lower saves less for backward "
+                         "and recomputes the cheapest ops (torch._functorch.config.activation_memory_budget)")
+    ap.add_argument("--recompute-wkv", action="store_true",
+                    help="fla recomputes its WKV forward inside backward (its default) instead of keeping it (ours)")
+
+
+def apply_experiment_flags(args) -> str:
+    """Set what the flags ask for; returns them in words for the results ("" when none is set)."""
+    if args.act_budget is not None:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.activation_memory_budget = args.act_budget
+    if args.recompute_wkv:
+        import fla.ops.rwkv7 as fla_rwkv7  # rwkv_peft.ops.fla imports chunk_rwkv7 from here on each call
+
+        plain = fla_rwkv7.chunk_rwkv7
+        fla_rwkv7.chunk_rwkv7 = lambda *a, **k: plain(*a, **(k | {"disable_recompute": False}))
+    return ", ".join(f"{k}={v}" for k, v in (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv))
+                     if v not in (None, False))

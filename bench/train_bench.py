@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import MODELS, smi_used_gib, write_profile
+from common import MODELS, add_experiment_flags, apply_experiment_flags, smi_used_gib, write_profile
 from torch import nn
 
 from rwkv_peft.adapters import AdapterSpec, apply_adapter, is_state_param
@@ -109,7 +109,8 @@ def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: bool, compile_: bo
 
     def loss_of(tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # The trainer's graph-capturable loss (no host sync), so what is timed here is what it runs.
-        return dense_head_loss(model.hidden(tokens)[0], model.head.weight, targets, normalizer, torch.bfloat16)
+        return dense_head_loss(model.hidden(tokens)[0], model.head.weight, targets, normalizer, torch.bfloat16,
+                               fused=compile_)
 
     groups = [p for n, p in model.named_parameters() if p.requires_grad]
     assert groups, "nothing trains"
@@ -257,7 +258,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--profile", type=Path, help="write a kernel profile of each row into this folder")
     ap.add_argument("--out", type=Path, help="append each row as a JSON line")
+    add_experiment_flags(ap)
     args = ap.parse_args()
+    experiments = apply_experiment_flags(args)
     # As the train loop under --precision bf16: fp32 leftovers (fla's fp32 dW of its fused loss) use TF32.
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.profile:
@@ -278,7 +281,7 @@ def main() -> None:
                 compile_ = "compile" in mode
                 build = partial(peer, name, ctx, bsz, cp) if method == PEER else partial(
                     ours, name, method, ctx, bsz, cp, compile_)
-                row = Row(name, method, ctx, bsz, cp, compile_, "graph" in mode)
+                row = Row(name, method, ctx, bsz, cp, compile_, "graph" in mode, note=experiments)
                 torch._dynamo.reset()
                 try:
                     row = measure(row, build, args.warmup, args.steps, tflops, args.profile)
