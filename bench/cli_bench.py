@@ -123,6 +123,7 @@ def main() -> None:
         try:
             with peak:
                 trainer = Trainer(cfg)
+                built_s = peak.since_start() if torch.cuda.is_available() else 0.0
                 if args.profile and torch.cuda.is_available():
                     profile_steps(trainer, args.warmup, 3, args.profile, f"{vars(args)}")
                 trainer.fit()
@@ -141,7 +142,11 @@ def main() -> None:
                    "torch_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
                    "smi_gib": round(smi_used_gib(), 2), "smi_peak_gib": round(peak.peak_bytes / 2**30, 3),
                    "smi_peak_gb": round(peak.peak_bytes / 1e9, 3),
-                   "smi_peak_at_s": round(peak.peak_at_s, 1), "device": torch.cuda.get_device_name()}
+                   "smi_peak_at_s": peak.peak_at_s, "device": torch.cuda.get_device_name()}
+        # When the peak happened: the trainer was built at `built_s`, each step's end is its record's "time"
+        # after that (metrics.jsonl), saving follows the last step.
+        print(json.dumps({"built_s": built_s, "step_end_s": [round(built_s + r["time"], 1) for r in records
+                                                             if "time" in r], "smi_timeline_gib": peak.timeline}))
     print(json.dumps(result))
     if args.out:
         with open(args.out, "a") as f:

@@ -26,6 +26,12 @@ class SmiPeak:
 
     def __init__(self, every_s: float = 0.05):
         self.every_s, self.peak_bytes, self.peak_at_s, self._stop = every_s, 0, 0.0, threading.Event()
+        # (seconds since the start, GiB) whenever the figure moved by 32 MiB or more: when memory comes and goes.
+        self.timeline: list[tuple[float, float]] = []
+        self.start = time.perf_counter()
+
+    def since_start(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
 
     def _used(self) -> int:
         try:
@@ -34,14 +40,18 @@ class SmiPeak:
             return int(smi_used_gib() * 2**30)
 
     def _poll(self) -> None:
-        start = time.perf_counter()
+        last = -(2**40)
         while not self._stop.is_set():
             used = self._used()
             if used > self.peak_bytes:
-                self.peak_bytes, self.peak_at_s = used, time.perf_counter() - start
+                self.peak_bytes, self.peak_at_s = used, self.since_start()
+            if abs(used - last) >= 32 * 2**20:
+                self.timeline.append((self.since_start(), round(used / 2**30, 2)))
+                last = used
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> "SmiPeak":
+        self.start = time.perf_counter()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
