@@ -138,10 +138,11 @@ def main() -> None:
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
     if torch.cuda.is_available():
+        smi_end = smi_used_gib()
         result |= {"torch_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    "torch_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
-                   "smi_gib": round(smi_used_gib(), 2), "smi_peak_gib": round(peak.peak_bytes / 2**30, 3),
-                   "smi_peak_gb": round(peak.peak_bytes / 1e9, 3),
+                   "smi_gib": round(smi_end, 2), "smi_peak_gib": round(smi_end + peak.rise_gib, 3),
+                   "smi_peak_gb": round((smi_end + peak.rise_gib) * 2**30 / 1e9, 3),
                    "smi_peak_at_s": peak.peak_at_s, "device": torch.cuda.get_device_name()}
         # When the peak happened: the trainer was built at `built_s`, each step's end is its record's "time"
         # after that (metrics.jsonl), saving follows the last step.

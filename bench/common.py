@@ -21,23 +21,26 @@ def smi_used_gib() -> float:
 
 
 class SmiPeak:
-    """The highest GPU memory in use (as nvidia-smi counts it) while the `with` block runs, polled from a
-    thread: the peak of the whole run, warm-up and graph capture included, as the anchor's figures are."""
+    """How far GPU memory in use rose above its value at the end of the `with` block, polled from a thread: add
+    `rise_gib` to nvidia-smi's figure at the end for the run's peak (warm-up, capture and saving included), which
+    is how the anchor's figures were taken. Only the rise is taken from the poll, so the source's own offset
+    cancels: NVML's v1 `used` (torch.cuda.device_memory_used) counts the driver's reserved memory, which
+    nvidia-smi's memory.used leaves out (~0.47 GiB on an H100; session 4's first peaks carried it)."""
 
     def __init__(self, every_s: float = 0.05):
         self.every_s, self.peak_bytes, self.peak_at_s, self._stop = every_s, 0, 0.0, threading.Event()
         # (seconds since the start, GiB) whenever the figure moved by 32 MiB or more: when memory comes and goes.
         self.timeline: list[tuple[float, float]] = []
         self.start = time.perf_counter()
+        self.device = torch.cuda.current_device()
 
     def since_start(self) -> float:
         return round(time.perf_counter() - self.start, 1)
 
     def _used(self) -> int:
-        try:
-            return torch.cuda.device_memory_used()  # NVML, when pynvml is installed
-        except Exception:
-            return int(smi_used_gib() * 2**30)
+        # cudaMemGetInfo: the device's used memory, what nvidia-smi shows, without a subprocess per poll.
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total - free
 
     def _poll(self) -> None:
         last = -(2**40)
@@ -59,6 +62,11 @@ class SmiPeak:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.end_bytes = self._used()
+
+    @property
+    def rise_gib(self) -> float:
+        return max(0, self.peak_bytes - self.end_bytes) / 2**30
 
 
 def write_profile(prof, wall_ms: float, steps: int, path: Path, header: str) -> None:
