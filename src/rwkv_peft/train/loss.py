@@ -26,10 +26,11 @@ L2WRAP = 1e-4
 _CHUNK_LOGITS = 1 << 24
 
 
-def _chunk_ce(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
-    """Sum of CE over the valid rows of one chunk: logits [n, V], targets [n] (>= 0), valid [n] bool -> fp32 0-d."""
-    z = logits.float()
-    return ((torch.logsumexp(z, dim=-1) - z.gather(1, targets[:, None])[:, 0]) * valid).sum()
+def _lse_and_ce(z: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """One chunk's fp32 logits z [n, V], targets [n] (>= 0), valid [n] bool -> (logsumexp per row [n], sum of CE
+    over the valid rows, 0-d)."""
+    lse = torch.logsumexp(z, dim=-1)
+    return lse, ((lse - z.gather(1, targets[:, None])[:, 0]) * valid).sum()
 
 
 def _chunk_grad(logits: Tensor, targets: Tensor, valid: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,8 +39,7 @@ def _chunk_grad(logits: Tensor, targets: Tensor, valid: Tensor, row_scale: Tenso
     Returns (sum of CE over valid rows, fp32 0-d; d loss / d logits [n, V] in the logits' dtype, L2Wrap included).
     Softmax runs in fp32 (in place, to hold one fp32 chunk at a time when run eagerly)."""
     z = logits.float()
-    lse = torch.logsumexp(z, dim=-1)
-    ce = ((lse - z.gather(1, targets[:, None])[:, 0]) * valid).sum()
+    lse, ce = _lse_and_ce(z, targets, valid)
     top, top_idx = z.max(dim=-1)
     rows = torch.arange(len(targets), device=z.device)
     grad = z.sub_(lse[:, None]).exp_()                                      # softmax
@@ -75,7 +75,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
             yc = yc.clamp(min=0)
             logits = xc @ w.t()                                                 # [n, V]
             if not (need_x or need_w):
-                total += _chunk_ce(logits, yc, valid)
+                total += _lse_and_ce(logits.float(), yc, valid)[1]
                 continue
             ce, grad = chunk_grad(logits, yc, valid, valid / normalizer)
             total += ce
