@@ -12,6 +12,7 @@ future `quant/` layer) overrides those two and every adapter keeps working uncha
 
 from typing import Callable, ClassVar, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -39,6 +40,13 @@ class AdapterLinear(nn.Module):
             raise ValueError("RWKV's linear layers have no bias; adapters do not support one")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
+
+    def new_tensor(self, name: str, r: int) -> nn.Parameter:
+        """Adapter tensor `name` of this layer, zero, shaped by `shapes(out, in, r)`, on the base's device in the
+        adapter dtype: the base's, but at least fp32 (a bf16 base trains fp32 adapters)."""
+        shape = self.shapes(self.out_features, self.in_features, r)[name]
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        return nn.Parameter(torch.zeros(shape, dtype=dtype, device=self.weight.device))
 
     def base_forward(self, x: Tensor) -> Tensor:
         """The frozen layer: x [..., in] -> [..., out]."""

@@ -87,10 +87,8 @@ class LoraLinear(AdapterLinear):
 
     def __init__(self, base: nn.Linear, config: LoraConfig, init: tuple[Tensor, Tensor] | None = None):
         super().__init__(base, config)
-        r, shapes = config.r, self.shapes(self.out_features, self.in_features, config.r)
-        kw = dict(dtype=torch.promote_types(self.weight.dtype, torch.float32), device=self.weight.device)
-        self.lora_A = nn.Parameter(torch.empty(shapes["lora_A"], **kw))
-        self.lora_B = nn.Parameter(torch.zeros(shapes["lora_B"], **kw))
+        r = config.r
+        self.lora_A, self.lora_B = self.new_tensor("lora_A", r), self.new_tensor("lora_B", r)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if not config.pissa:
             if init is not None:
@@ -101,9 +99,10 @@ class LoraLinear(AdapterLinear):
             raise UserError(f"PiSSA rank {r} exceeds the layer's smaller side "
                             f"({self.out_features}x{self.in_features}); lower pissa_r")
         A0, B0 = init if init is not None else pissa_factors(self.weight, r, config.svd_niter, config.scaling)
-        if tuple(A0.shape) != shapes["lora_A"] or tuple(B0.shape) != shapes["lora_B"]:
+        if A0.shape != self.lora_A.shape or B0.shape != self.lora_B.shape:
             raise UserError(f"PiSSA initial factors have shapes {tuple(A0.shape)}, {tuple(B0.shape)}; this layer "
-                            f"needs {shapes['lora_A']}, {shapes['lora_B']} (another rank or another base?)")
+                            f"needs {tuple(self.lora_A.shape)}, {tuple(self.lora_B.shape)} (another rank or another "
+                            "base?)")
         with torch.no_grad():
             self.lora_A.copy_(A0)
             self.lora_B.copy_(B0)

@@ -17,7 +17,6 @@ update depends on W, so each forward builds the full adapted weight.
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,9 +59,7 @@ class BoneLinear(AdapterLinear):
 
     def __init__(self, base: nn.Linear, config: MissConfig):
         super().__init__(base, config)
-        shape = self.shapes(self.out_features, self.in_features, config.r)["disha"]
-        kw = dict(dtype=torch.promote_types(self.weight.dtype, torch.float32), device=self.weight.device)
-        self.disha = nn.Parameter(torch.zeros(shape, **kw))
+        self.disha = self.new_tensor("disha", config.r)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     @staticmethod
@@ -98,9 +95,7 @@ class BatLinear(AdapterLinear):
 
     def __init__(self, base: nn.Linear, config: MissConfig):
         super().__init__(base, config)
-        shape = self.shapes(self.out_features, self.in_features, config.r)["disha"]
-        kw = dict(dtype=torch.promote_types(self.weight.dtype, torch.float32), device=self.weight.device)
-        self.disha = nn.Parameter(torch.zeros(shape, **kw))
+        self.disha = self.new_tensor("disha", config.r)
 
     @staticmethod
     def shapes(out_features: int, in_features: int, r: int) -> dict[str, tuple[int, ...]]:
