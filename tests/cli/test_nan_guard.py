@@ -33,3 +33,41 @@ def test_divergence_keeps_the_last_good_checkpoint(base, data, tmp_path):
     assert point.step == failed_at - 1
     assert all(torch.isfinite(v).all() for v in point.trainable.values())
     assert (proj / "loss_curve.png").exists()
+
+
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.55 GiB of which 1.2 GiB is free."
+
+
+def test_out_of_memory_names_the_step_and_what_to_change(base, data, tmp_path, monkeypatch):
+    """A GPU out-of-memory error mid-run (simulated: these tests run on the CPU) is one message with the step,
+    the settings that lower memory, and the checkpoint to resume from; no traceback."""
+    from rwkv_peft.train.loop import Trainer
+
+    step = Trainer.train_step
+
+    def train_step(self, batches):
+        if self.step == 2:
+            raise torch.cuda.OutOfMemoryError(OOM)
+        return step(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    proj = tmp_path / "proj"
+    run = run_cli(*train_args(base, data, proj, "--peft", "lora", "--checkpoint_every", "1", "--micro_bsz", "2"))
+    assert run.rc == 2 and "Traceback" not in run.err
+    error = run.err.strip().splitlines()[-1]
+    assert "error: step 3: out of GPU memory" in error and "checkpoint-last (step 2)" in error
+    assert all(tip in error for tip in ("--grad_cp 1", "--micro_bsz 1 --accumulate_grad_batches 2", "--quant nf4"))
+    assert read_checkpoint_folder(proj / "checkpoint-last").step == 2
+
+
+def test_out_of_memory_while_loading_suggests_a_smaller_base(base, data, tmp_path, monkeypatch):
+    from rwkv_peft.train import loop
+
+    def no_room(self, cfg):
+        raise torch.cuda.OutOfMemoryError(OOM)
+
+    monkeypatch.setattr(loop.Trainer, "__init__", no_room)
+    run = run_cli(*train_args(base, data, tmp_path / "proj", "--peft", "lora"))
+    assert run.rc == 2 and "Traceback" not in run.err
+    error = run.err.strip().splitlines()[-1]
+    assert "loading the model: out of GPU memory" in error and "--quant nf4" in error and "--grad_cp" not in error

@@ -40,6 +40,7 @@ from .eval import evaluate, sample
 from .graph import GraphedStep, GraphedUpdate
 from .infctx import infctx_backward
 from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
+from .oom import out_of_memory
 from .optim import apply_schedule
 from .rng import rng_state, set_rng_state
 from .session import Session, build_session
@@ -142,6 +143,9 @@ class Trainer:
                               "from there", log=True)
             self._plot()
             self.log.close()
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                raise out_of_memory(e, self.cfg, self.device, f"step {self.step + 1}", self.s.cuda_graph,
+                                    f"{self._last_good()}; --resume auto continues from there") from None
             raise
         self._plot()
         summary = self._finish()
@@ -390,6 +394,11 @@ def next_steps(method: str, base: str, adapter: Path) -> str:
 def train(cfg: TrainConfig) -> RunSummary:
     """Run the training job `cfg` describes (in a torchrun worker: this rank's part of it)."""
     try:
-        return Trainer(cfg).fit()
+        try:
+            trainer = Trainer(cfg)
+        except torch.cuda.OutOfMemoryError as e:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+            raise out_of_memory(e, cfg, device, "loading the model", cuda_graph=False) from None
+        return trainer.fit()
     finally:
         shutdown_distributed()
