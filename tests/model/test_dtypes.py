@@ -2,12 +2,16 @@
 the blocks cast their outputs back, so bf16 training does its elementwise work in bf16 (what made the compiled
 1.5B step 48 -> 38 ms on an H100) while trained fp32 master copies (train_parts) still get fp32 gradients."""
 
+import dataclasses
+
+import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from rwkv_peft.adapters import apply_adapter, spec_from_flags, trainable_parameters
-from rwkv_peft.model import RWKV7Config, model_from_state_dict
-from rwkv_peft.model import rwkv7
+from rwkv_peft.model import RWKV6Config, RWKV7Config, compiled, model_from_state_dict, rwkv7
 from rwkv_peft.model.init import random_state_dict
+from tests.conftest import rel_err
 
 
 def test_bf16_autocast_keeps_a_bf16_residual_and_fp32_gradients(monkeypatch):
@@ -39,26 +43,67 @@ def test_bf16_autocast_keeps_a_bf16_residual_and_fp32_gradients(monkeypatch):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trained.values())
 
 
-def test_only_training_steps_run_the_compiled_block(monkeypatch):
+# fp32 on the CPU: the compiled kernels fuse and reorder the same arithmetic (and use vectorized exp/tanh), so
+# results differ by rounding that three layers compound; a wrong op or a missed layer is off by far more.
+COMPILED_FP32 = 1e-4
+TINY = {7: RWKV7Config(n_layer=3, n_embd=64, vocab_size=256), 6: RWKV6Config(n_layer=3, n_embd=64, vocab_size=256)}
+TOKENS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("version", [7, 6])
+def test_only_training_steps_run_the_compiled_block(monkeypatch, version):
     """Evaluation and generation (no grad, other shapes) stay eager: no compile per prompt length."""
     calls = []
 
     def fake_compiled():
         def run(*args):
             calls.append(torch.is_grad_enabled())
-            return rwkv7._call_block(*args)
+            return compiled.call_block(*args)
         return run
 
-    monkeypatch.setattr(rwkv7, "_compiled_block", fake_compiled)
-    model = model_from_state_dict(random_state_dict(RWKV7Config(n_layer=2, n_embd=64, vocab_size=256), seed=0,
-                                                    dtype=torch.float32))
+    monkeypatch.setattr(compiled, "compiled_block", fake_compiled)
+    model = model_from_state_dict(random_state_dict(TINY[version], seed=0, dtype=torch.float32))
     model.compile = True
     tokens = torch.randint(0, 256, (1, 8))
     model.train()
     model.hidden(tokens)
-    assert calls == [True, True]
+    assert calls == [True] * 3
     with torch.no_grad():
         model.hidden(tokens)
     model.eval()
     model.hidden(tokens)
-    assert calls == [True, True]
+    assert calls == [True] * 3
+
+
+@pytest.mark.parametrize("version", [7, 6])
+def test_compiled_blocks_compute_what_the_plain_ones_do(version):
+    """torch.compile of the blocks changes nothing but speed (same hidden states and LoRA gradients), and a deeper
+    model of the same width compiles nothing more: every layer reuses the graphs (a block that branched on its
+    index would compile once per layer)."""
+    torch._dynamo.reset()
+    results = []
+    for compile_ in (False, True):
+        model, trained = _lora_model(TINY[version])
+        model.compile = compile_
+        hidden, _ = model.hidden(TOKENS)
+        results.append((hidden.detach(), torch.autograd.grad(hidden.square().mean(), trained)))
+    (plain, plain_grads), (fast, fast_grads) = results
+    assert rel_err(fast, plain) < COMPILED_FP32
+    assert all(rel_err(f, p) < COMPILED_FP32 for f, p in zip(fast_grads, plain_grads))
+    graphs = counters["stats"]["unique_graphs"]
+    deeper, _ = _lora_model(dataclasses.replace(TINY[version], n_layer=5))
+    deeper.compile = True
+    deeper.hidden(TOKENS)[0].sum().backward()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def _lora_model(cfg):
+    """A tiny model with LoRA (no dropout) and ln trained, every trained tensor away from its zero init."""
+    model = model_from_state_dict(random_state_dict(cfg, seed=0, dtype=torch.float32))
+    torch.manual_seed(0)  # LoRA's A init
+    apply_adapter(model, spec_from_flags({"peft": "lora", "lora_config": {"lora_dropout": 0}, "train_parts": ["ln"]}))
+    trained = list(trainable_parameters(model).values())
+    with torch.no_grad():
+        for p in trained:
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    return model.train(), trained

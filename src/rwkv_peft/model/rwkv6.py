@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import token_shift, wkv6
+from .compiled import block_runner
 from .embed import embed
 from .state import RWKVState
 
@@ -128,9 +129,8 @@ class Block(nn.Module):
         self.ffn = ChannelMix(cfg)
 
     def forward(self, x, att_shift, wkv_state, ffn_shift, cu_seqlens, backend):
-        # Norm outputs back in the residual's dtype: see rwkv7.Block (autocast runs norms in fp32).
-        if self.layer_id == 0:
-            x = self.ln0(x).to(x.dtype)
+        # Norm outputs back in the residual's dtype: see rwkv7.Block (autocast runs norms in fp32). Block 0's ln0
+        # is applied by RWKV6.hidden, so that no block branches on its index (compiled.py).
         dx, att_shift, wkv_state = self.att(self.ln1(x).to(x.dtype), att_shift, wkv_state, cu_seqlens, backend)
         x = x + dx
         dx, ffn_shift = self.ffn(self.ln2(x).to(x.dtype), ffn_shift, cu_seqlens)
@@ -149,23 +149,26 @@ class RWKV6(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.backend = "auto"
         self.grad_cp = False
+        self.compile = False  # torch.compile each block in training steps (compiled.py)
 
     def hidden(self, tokens: Tensor, state: RWKVState | None = None,
                cu_seqlens: Tensor | None = None) -> tuple[Tensor, RWKVState]:
         """tokens [B, T] -> (hidden after ln_out [B, T, C], state after the last token). See RWKV7.hidden."""
-        x = embed(self.emb, tokens)
+        e = embed(self.emb, tokens)
+        x = self.blocks[0].ln0(e).to(e.dtype)
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         new = RWKVState([], [], [])
+        run = block_runner(self)
         for i, block in enumerate(self.blocks):
             att_shift = ffn_shift = None
             wkv_state = block.att.initial_wkv(n_seq)
             if state is not None:
                 att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
-            args = (x, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
+            args = (block, x, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
             if self.grad_cp and self.training and torch.is_grad_enabled():
-                x, att_shift, wkv_state, ffn_shift = checkpoint(block, *args, use_reentrant=False)
+                x, att_shift, wkv_state, ffn_shift = checkpoint(run, *args, use_reentrant=False)
             else:
-                x, att_shift, wkv_state, ffn_shift = block(*args)
+                x, att_shift, wkv_state, ffn_shift = run(*args)
             new.att_shift.append(att_shift)
             new.wkv.append(wkv_state)
             new.ffn_shift.append(ffn_shift)

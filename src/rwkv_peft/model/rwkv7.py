@@ -13,7 +13,6 @@ decay = exp(-e^{-1/2} sigmoid(w0 + tanh(x w1) w2)) computed in fp32, and the WKV
 
 import math
 from dataclasses import dataclass
-from functools import cache
 from typing import ClassVar
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import token_shift, wkv7
+from .compiled import block_runner
 from .embed import embed
 from .state import RWKVState
 
@@ -169,18 +169,6 @@ class Block(nn.Module):
         return x + dx, v_first, att_shift, wkv_state, ffn_shift
 
 
-def _call_block(block: Block, *args):
-    return block(*args)
-
-
-@cache
-def _compiled_block():
-    """One compiled entry point for every block of every RWKV-7 model: the parameters are graph inputs, so all
-    layers share one graph (two: layer 0, which has no v_first, and the rest) and nothing recompiles per layer.
-    Shapes are static; a new (B, T) compiles once more."""
-    return torch.compile(_call_block, dynamic=False)
-
-
 class RWKV7(nn.Module):
     """The whole model. `backend` picks the WKV implementation ("auto", "torch", "fla", ...); `grad_cp`
     recomputes each block's activations in the backward pass instead of storing them; `compile` runs the blocks
@@ -211,9 +199,7 @@ class RWKV7(nn.Module):
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         v_first = None
         new = RWKVState([], [], [])
-        # Only training steps run compiled: evaluation and generation bring other shapes (prompt lengths, T = 1),
-        # and each would compile anew (or hit the recompile limit) for a pass that is cheap anyway.
-        run = _compiled_block() if self.compile and self.training and torch.is_grad_enabled() else _call_block
+        run = block_runner(self)
         for i, block in enumerate(self.blocks):
             att_shift = ffn_shift = None
             wkv_state = block.att.initial_wkv(n_seq)
