@@ -27,7 +27,7 @@ from common import MODELS as OFFICIAL
 from common import SmiPeak, add_experiment_flags, apply_experiment_flags, smi_used_gib, write_profile
 
 from rwkv_peft.data.binidx import write_binidx
-from rwkv_peft.model import RWKV7Config
+from rwkv_peft.model import RWKV6Config, RWKV7Config
 from rwkv_peft.model.checkpoint import write_checkpoint
 from rwkv_peft.model.init import random_state_dict
 from rwkv_peft.train import build_config
@@ -43,13 +43,15 @@ METHODS = {  # the issue's methods, as the seeds' flags spell them
 }
 
 
-def files(model: str, cache: Path) -> tuple[Path, Path]:
-    """(checkpoint, binidx prefix) for `model`, written once into `cache`."""
+def files(model: str, cache: Path, version: int = 7) -> tuple[Path, Path]:
+    """(checkpoint, binidx prefix) for `model` (an RWKV-7 shape; `version` 6 builds RWKV-6 at the same L and C),
+    written once into `cache`."""
     cache.mkdir(parents=True, exist_ok=True)
-    ckpt, data = cache / f"rwkv7-{model}-random.pth", cache / "random-tokens"
+    ckpt, data = cache / f"rwkv{version}-{model}-random.pth", cache / "random-tokens"
     if not ckpt.exists():
         n_layer, n_embd = MODELS[model]
-        write_checkpoint(random_state_dict(RWKV7Config(n_layer, n_embd), seed=0), ckpt)
+        config = (RWKV7Config if version == 7 else RWKV6Config)(n_layer, n_embd)
+        write_checkpoint(random_state_dict(config, seed=0), ckpt)
     if not Path(f"{data}.bin").exists():
         rng = np.random.default_rng(0)
         write_binidx(str(data), (rng.integers(1, 65536, 1100, dtype=np.uint16) for _ in range(4000)))
@@ -97,6 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="1.5b", choices=MODELS)
     ap.add_argument("--method", default="lora", choices=METHODS)
+    ap.add_argument("--version", type=int, default=7, choices=[7, 6], help="RWKV-7 or RWKV-6 (same L and C)")
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--bsz", type=int, default=1)
     ap.add_argument("--steps", type=int, default=30)
@@ -110,7 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     apply_experiment_flags(args)
 
-    ckpt, data = files(args.model, Path(args.cache))
+    ckpt, data = files(args.model, Path(args.cache), args.version)
     with tempfile.TemporaryDirectory() as proj:
         flags = {"load_model": str(ckpt), "data_file": str(data), "data_type": "binidx", "dataload": "pad",
                  "loss_mask": "pad", "ctx_len": args.ctx, "micro_bsz": args.bsz, "epoch_steps": args.steps,
@@ -133,7 +136,8 @@ def main() -> None:
             shutdown_distributed()
         records = [json.loads(line) for line in (Path(proj) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["kt_s"] for r in records if "kt_s" in r][args.warmup:]
-    result = {"model": args.model, "method": args.method, "ctx": args.ctx, "bsz": args.bsz, "extra": args.extra,
+    result = {"model": args.model, "version": args.version, "method": args.method, "ctx": args.ctx, "bsz": args.bsz,
+              "extra": args.extra,
               "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv,
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
