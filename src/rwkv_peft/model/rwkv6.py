@@ -53,10 +53,10 @@ def _param(*shape: int) -> nn.Parameter:
 
 
 class TimeMix(nn.Module):
-    def __init__(self, cfg: RWKV6Config, layer_id: int):
+    def __init__(self, cfg: RWKV6Config):
         super().__init__()
         C, A, H, N = cfg.n_embd, cfg.dim_att, cfg.n_head, cfg.head_size
-        self.layer_id, self.n_head, self.head_size, self.dim_mix = layer_id, H, N, cfg.dim_mix
+        self.n_head, self.head_size, self.dim_mix = H, N, cfg.dim_mix
         self.time_maa_x, self.time_maa_w, self.time_maa_k = _param(1, 1, C), _param(1, 1, C), _param(1, 1, C)
         self.time_maa_v, self.time_maa_r, self.time_maa_g = _param(1, 1, C), _param(1, 1, C), _param(1, 1, C)
         self.time_maa_w1 = _param(C, 5 * cfg.dim_mix)
@@ -120,12 +120,11 @@ class ChannelMix(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
-        self.layer_id = layer_id
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(cfg.n_embd)
         self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.att = TimeMix(cfg, layer_id)
+        self.att = TimeMix(cfg)
         self.ffn = ChannelMix(cfg)
 
     def forward(self, x, att_shift, wkv_state, ffn_shift, cu_seqlens, backend):
