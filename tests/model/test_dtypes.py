@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch.utils.checkpoint import checkpoint
 
 from rwkv_peft.adapters import apply_adapter, spec_from_flags, trainable_parameters
 from rwkv_peft.model import RWKV6Config, RWKV7Config, compiled, model_from_state_dict, rwkv7
@@ -51,9 +52,10 @@ TOKENS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(
 
 
 @pytest.mark.parametrize("version", [7, 6])
-def test_only_training_steps_run_the_compiled_block(monkeypatch, version):
-    """Evaluation and generation (no grad, other shapes) stay eager: no compile per prompt length."""
-    calls = []
+def test_only_training_steps_run_compiled_and_checkpointed_blocks(monkeypatch, version):
+    """Evaluation and generation (no grad, other shapes) stay eager: no compile per prompt length, and nothing
+    to recompute."""
+    calls, checkpointed = [], []
 
     def fake_compiled():
         def run(*args):
@@ -61,18 +63,23 @@ def test_only_training_steps_run_the_compiled_block(monkeypatch, version):
             return compiled.call_block(*args)
         return run
 
+    def counted_checkpoint(fn, *args, **kwargs):
+        checkpointed.append(fn)
+        return checkpoint(fn, *args, **kwargs)
+
     monkeypatch.setattr(compiled, "compiled_block", fake_compiled)
+    monkeypatch.setattr(compiled, "checkpoint", counted_checkpoint)
     model = model_from_state_dict(random_state_dict(TINY[version], seed=0, dtype=torch.float32))
-    model.compile = True
+    model.compile = model.grad_cp = True
     tokens = torch.randint(0, 256, (1, 8))
     model.train()
     model.hidden(tokens)
-    assert calls == [True] * 3
+    assert len(calls) == 3 and all(calls) and len(checkpointed) == 3
     with torch.no_grad():
         model.hidden(tokens)
     model.eval()
     model.hidden(tokens)
-    assert calls == [True] * 3
+    assert len(calls) == 3 and len(checkpointed) == 3
 
 
 @pytest.mark.parametrize("version", [7, 6])

@@ -1,5 +1,6 @@
-"""How the models run their blocks in training: through one torch.compile entry point shared by every block of
-every model (RWKV-7 and RWKV-6), or plainly.
+"""How the models run their blocks: in training steps through one torch.compile entry point shared by every block
+of every model (RWKV-7 and RWKV-6) when `model.compile` is set, and under activation checkpointing when
+`model.grad_cp` is; otherwise plainly.
 
 The parameters are graph inputs, so all layers share one compiled graph (a few: RWKV-7's layer 0, which has no
 v_first yet, and the rest; each model version) and nothing recompiles per layer, provided a block's code never
@@ -9,10 +10,11 @@ compiled and fused.
 """
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def call_block(block: nn.Module, *args):
@@ -25,7 +27,11 @@ def compiled_block() -> Callable:
 
 
 def block_runner(model: nn.Module) -> Callable:
-    """`call_block`, compiled when `model.compile` is set and this is a training step. Evaluation and generation
-    (no gradient; prompt lengths, T = 1) stay eager: each shape would compile anew for a pass that is cheap."""
+    """run(block, *args) -> block(*args) for this pass of `model`: compiled if `model.compile`, its activations
+    recomputed in backward if `model.grad_cp`, both in training steps only. Evaluation and generation (no
+    gradient; prompt lengths, T = 1) stay eager: each shape would compile anew for a pass that is cheap."""
     training = model.training and torch.is_grad_enabled()
-    return compiled_block() if getattr(model, "compile", False) and training else call_block
+    run = compiled_block() if getattr(model, "compile", False) and training else call_block
+    if getattr(model, "grad_cp", False) and training:
+        return partial(checkpoint, run, use_reentrant=False)
+    return run

@@ -11,7 +11,6 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..ops import token_shift, wkv6
 from .compiled import block_runner
@@ -164,10 +163,7 @@ class RWKV6(nn.Module):
             if state is not None:
                 att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
             args = (block, x, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
-            if self.grad_cp and self.training and torch.is_grad_enabled():
-                x, att_shift, wkv_state, ffn_shift = checkpoint(run, *args, use_reentrant=False)
-            else:
-                x, att_shift, wkv_state, ffn_shift = run(*args)
+            x, att_shift, wkv_state, ffn_shift = run(*args)
             new.att_shift.append(att_shift)
             new.wkv.append(wkv_state)
             new.ffn_shift.append(ffn_shift)

@@ -18,7 +18,6 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..ops import token_shift, wkv7
 from .compiled import block_runner
@@ -206,10 +205,7 @@ class RWKV7(nn.Module):
             if state is not None:
                 att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
             args = (block, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
-            if self.grad_cp and self.training and torch.is_grad_enabled():
-                x, v_first, att_shift, wkv_state, ffn_shift = checkpoint(run, *args, use_reentrant=False)
-            else:
-                x, v_first, att_shift, wkv_state, ffn_shift = run(*args)
+            x, v_first, att_shift, wkv_state, ffn_shift = run(*args)
             new.att_shift.append(att_shift)
             new.wkv.append(wkv_state)
             new.ffn_shift.append(ffn_shift)
