@@ -25,7 +25,8 @@ class SmiPeak:
     `rise_gib` to nvidia-smi's figure at the end for the run's peak (warm-up, capture and saving included), which
     is how the anchor's figures were taken. Only the rise is taken from the poll, so the source's own offset
     cancels: NVML's v1 `used` (torch.cuda.device_memory_used) counts the driver's reserved memory, which
-    nvidia-smi's memory.used leaves out (~0.47 GiB on an H100; session 4's first peaks carried it)."""
+    nvidia-smi's memory.used leaves out (session 4's first peaks sat a constant 0.47 GiB above the end value on an
+    H100, most likely that)."""
 
     def __init__(self, every_s: float = 0.05):
         self.every_s, self.peak_bytes, self.peak_at_s, self._stop = every_s, 0, 0.0, threading.Event()
@@ -38,9 +39,12 @@ class SmiPeak:
         return round(time.perf_counter() - self.start, 1)
 
     def _used(self) -> int:
-        # cudaMemGetInfo: the device's used memory, what nvidia-smi shows, without a subprocess per poll.
-        free, total = torch.cuda.mem_get_info(self.device)
-        return total - free
+        # NVML, not the CUDA runtime: a runtime call from this thread could break a graph capture in the trainer's
+        # (capture_error_mode "global" forbids unsafe calls from every thread while it captures).
+        try:
+            return torch.cuda.device_memory_used(self.device)
+        except Exception:  # no pynvml: nvidia-smi itself
+            return int(smi_used_gib() * 2**30)
 
     def _poll(self) -> None:
         last = -(2**40)
