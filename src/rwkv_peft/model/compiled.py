@@ -31,7 +31,7 @@ def block_runner(model: nn.Module) -> Callable:
     recomputed in backward if `model.grad_cp`, both in training steps only. Evaluation and generation (no
     gradient; prompt lengths, T = 1) stay eager: each shape would compile anew for a pass that is cheap."""
     training = model.training and torch.is_grad_enabled()
-    run = compiled_block() if getattr(model, "compile", False) and training else call_block
-    if getattr(model, "grad_cp", False) and training:
+    run = compiled_block() if model.compile and training else call_block
+    if model.grad_cp and training:
         return partial(checkpoint, run, use_reentrant=False)
     return run

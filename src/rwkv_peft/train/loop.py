@@ -144,7 +144,7 @@ class Trainer:
             self._plot()
             self.log.close()
             if isinstance(e, torch.cuda.OutOfMemoryError):
-                raise out_of_memory(e, self.cfg, self.device, f"step {self.step + 1}", self.s.cuda_graph,
+                raise out_of_memory(e, self.cfg, self.device, self.step + 1, self.s.cuda_graph,
                                     f"{self._last_good()}; --resume auto continues from there") from None
             raise
         self._plot()
@@ -398,7 +398,7 @@ def train(cfg: TrainConfig) -> RunSummary:
             trainer = Trainer(cfg)
         except torch.cuda.OutOfMemoryError as e:
             device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-            raise out_of_memory(e, cfg, device, "loading the model", cuda_graph=False) from None
+            raise out_of_memory(e, cfg, device, step=None, cuda_graph=False) from None
         return trainer.fit()
     finally:
         shutdown_distributed()

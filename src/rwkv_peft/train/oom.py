@@ -13,21 +13,22 @@ class OutOfMemory(UserError):
     """The GPU ran out of memory; the message names what to change."""
 
 
-def out_of_memory(error: Exception, cfg: TrainConfig, device: torch.device | None, where: str, cuda_graph: bool,
-                  last_good: str = "") -> OutOfMemory:
-    """The error to raise for torch.cuda.OutOfMemoryError `error` met `where` ("step 12", or "loading the model",
-    where only the model's own size can be helped)."""
+def out_of_memory(error: Exception, cfg: TrainConfig, device: torch.device | None, step: int | None,
+                  cuda_graph: bool, last_good: str = "") -> OutOfMemory:
+    """The error to raise for torch.cuda.OutOfMemoryError `error`, met at optimizer step `step` (counted from 1), or
+    while loading the model (None: then only the model's own size can be helped)."""
     d, m, a = cfg.data, cfg.model, cfg.adapter
-    loading = where == "loading the model"
+    loading = step is None
     tips = []
-    if not m.grad_cp and not loading:
-        tips.append("--grad_cp 1 (recompute activations in backward: the largest saving)")
-    if d.micro_bsz > 1 and not loading:
-        acc = cfg.optim.accumulate_grad_batches
-        tips.append(f"--micro_bsz 1 --accumulate_grad_batches {acc * d.micro_bsz} (the same batch)")
-    if a.train_type != "infctx" and d.ctx_len > 1024 and not loading:
-        tips.append(f"a shorter --ctx_len (now {d.ctx_len}), or --train_type infctx --chunk_ctx 512 (long samples "
-                    "in chunks)")
+    if not loading:  # what a step holds besides the model
+        if not m.grad_cp:
+            tips.append("--grad_cp 1 (recompute activations in backward: the largest saving)")
+        if d.micro_bsz > 1:
+            acc = cfg.optim.accumulate_grad_batches
+            tips.append(f"--micro_bsz 1 --accumulate_grad_batches {acc * d.micro_bsz} (the same batch)")
+        if a.train_type != "infctx" and d.ctx_len > 1024:
+            tips.append(f"a shorter --ctx_len (now {d.ctx_len}), or --train_type infctx --chunk_ctx 512 (long "
+                        "samples in chunks)")
     if a.quant == "none" and (a.peft != "none" or a.train_type == "state"):
         tips.append("--quant nf4 or int8 (the frozen base in 4 or 8 bits)")
     if cuda_graph:
@@ -41,4 +42,5 @@ def out_of_memory(error: Exception, cfg: TrainConfig, device: torch.device | Non
         asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(error))
         memory += f", and asked for {asked.group(1)} more)" if asked else ")"
     done = f"; {last_good}" if last_good else ""
+    where = "loading the model" if loading else f"step {step}"
     return OutOfMemory(f"{where}: out of GPU memory{memory}{done}. Try {'; '.join(tips)}")

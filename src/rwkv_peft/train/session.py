@@ -125,7 +125,7 @@ def _speedups(cfg: TrainConfig, device: torch.device, version: int, precision: P
     compile too (tested on the CPU) but only when asked (1), until a GPU measurement says they pay off; graphs when
     every micro-batch can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler),
     infctx chunks, packed rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an
-    error that says why. (H100, 1.5B LoRA, ctx 1024: the eager step 4.0 Kt/s, the trainer with both 25.2 Kt/s;
+    error that says why. (H100, 1.5B LoRA, ctx 1024: the eager step 4.0 Kt/s, the trainer with both 28.1 Kt/s;
     bench/results.)
     """
     m, cuda = cfg.model, device.type == "cuda"

@@ -68,9 +68,9 @@ class TrainModule(nn.Module):
         """sum(CE) / normalizer (a 0-d tensor) over every position, untrained ones weighted 0 (no host sync)."""
         with self.precision.autocast():
             hidden, _ = self.model.hidden(input_ids)
-        # A model whose blocks run compiled gets its loss chunks compiled too (RWKV-7 on a GPU by default).
-        fused = getattr(self.model, "compile", False)
-        return dense_head_loss(hidden, self.model.head.weight, labels, normalizer, self.precision.compute_dtype, fused)
+        # A model whose blocks run compiled gets its loss chunks compiled too (by default RWKV-7 on a GPU).
+        return dense_head_loss(hidden, self.model.head.weight, labels, normalizer, self.precision.compute_dtype,
+                               fused=self.model.compile)
 
 
 def resolve_strategy(name: str, world_size: int) -> str:
