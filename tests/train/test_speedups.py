@@ -31,9 +31,16 @@ def test_cuda_graph_on_cpu_is_a_clear_error(base, data, tmp_path):
     assert r.rc == 2 and "--cuda_graph 1 is not possible here: it needs a CUDA device" in r.err
 
 
+def test_rwkv6_compiles_when_asked(base_v6, data, tmp_path):
+    r = run_cli(*train_args(base_v6, data, tmp_path / "p", "--peft", "lora", "--compile", "1", steps=3))
+    assert r.rc == 0, r.err
+    assert "on cpu, compile," in r.err and losses(tmp_path / "p")[-1] < losses(tmp_path / "p")[0]
+
+
 def test_auto_is_off_on_cpu(base, data, tmp_path):
     r = run_cli(*train_args(base, data, tmp_path / "p", "--peft", "lora", steps=2))
-    assert r.rc == 0 and "cuda_graph" not in r.out and "compile," not in r.out
+    assert r.rc == 0 and "precision fp32 on cpu," in r.err
+    assert "cuda_graph" not in r.err and "compile," not in r.err
 
 
 @cuda

@@ -51,8 +51,8 @@ class ModelSection:
     dim_ffn: int = opt(0, "optional: checked against the checkpoint")
     op: str = opt("auto", "WKV kernel backend: auto, torch, fla, cuda (whichever this install registers)")
     grad_cp: bool = opt(False, "recompute each block's activations in backward (less memory, ~30% slower)")
-    compile: str = opt("auto", "torch.compile each block: auto (RWKV-7 on a GPU), 1 (RWKV-6 too), 0; the first "
-                       "steps compile", SWITCH)
+    compile: str = opt("auto", "torch.compile each block: auto (on a GPU), 1, 0; the first steps compile",
+                       SWITCH)
     cuda_graph: str = opt("auto", "replay each micro-batch's forward+backward as one CUDA graph: auto (on a GPU "
                           "when the run allows it), 1, 0", SWITCH)
     pre_ffn: int = opt(0, "legacy RWKV-4 flag; only 0 is accepted")

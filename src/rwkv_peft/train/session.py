@@ -110,27 +110,24 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
     if m.op not in ("auto", *known):
         raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
                         "drop --op to pick the best available")
-    if m.compile == "1" and mc.version != 7:
-        raise UserError("--compile is available for RWKV-7 models only; drop it for this RWKV-6 model")
     model.backend, model.grad_cp = m.op, m.grad_cp
     return model
 
 
-def _speedups(cfg: TrainConfig, device: torch.device, version: int, precision: Precision, chunk_ctx: int,
-              dist: DistInfo, strategy: str = "single") -> tuple[bool, bool]:
+def _speedups(cfg: TrainConfig, device: torch.device, precision: Precision, chunk_ctx: int, dist: DistInfo,
+              strategy: str = "single") -> tuple[bool, bool]:
     """(compile the blocks, replay the steps as CUDA graphs), from --compile / --cuda_graph.
 
-    auto turns each on where it is known to work and pay off: on a GPU, compile for RWKV-7 unless the base is
-    sharded over ranks (FSDP's and ZeRO-3's per-block gathering around compiled blocks is untested); RWKV-6 blocks
-    compile too (tested on the CPU) but only when asked (1), until a GPU measurement says they pay off; graphs when
-    every micro-batch can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler),
-    infctx chunks, packed rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an
-    error that says why. (H100, 1.5B LoRA, ctx 1024: the eager step 4.0 Kt/s, the trainer with both 28.1 Kt/s;
-    bench/results.)
+    auto turns each on where it is known to work and pay off: on a GPU, compile unless the base is sharded over
+    ranks (FSDP's and ZeRO-3's per-block gathering around compiled blocks is untested); graphs when every micro-batch
+    can keep a fixed shape and run without host syncs, i.e. not with fp16 (the loss scaler), infctx chunks, packed
+    rows, or several processes (DDP's hooks). Asking for one (1) where it cannot work is an error that says why.
+    (H100, 1.5B LoRA, ctx 1024, graphed: compiling takes RWKV-7 from 17.0 to 30.4 Kt/s and RWKV-6 from 18.4 to
+    27.3 Kt/s, and lowers memory; bench/results.)
     """
     m, cuda = cfg.model, device.type == "cuda"
     sharded = strategy == "fsdp" or strategy.startswith("deepspeed_stage_3")
-    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and version == 7 and not sharded)
+    compile_ = m.compile == "1" or (m.compile == "auto" and cuda and not sharded)
     blockers = [why for why, blocked in (
         ("it needs a CUDA device", not cuda),
         ("--precision fp16 rescales the loss between steps", precision.name == "fp16"),
@@ -167,7 +164,7 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     check_supported(strategy, infctx=infctx, state=spec.state, quant=spec.quant, precision=precision.name)
     # FSDP: built on the CPU, each unit moves to the GPU as it is sharded (the base need not fit one GPU).
     model = _load_base(cfg, torch.device("cpu") if strategy == "fsdp" else device, precision)
-    model.compile, cuda_graph = _speedups(cfg, device, model.config.version, precision, chunk_ctx, dist, strategy)
+    model.compile, cuda_graph = _speedups(cfg, device, precision, chunk_ctx, dist, strategy)
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
     quantize_model(model, spec.quant, device=device if spec.quant != "none" else None)
