@@ -59,26 +59,27 @@ def files(model: str, cache: Path, version: int = 7) -> tuple[Path, Path]:
 
 
 def profile_steps(trainer: Trainer, first: int, steps: int, path: Path, header: str) -> None:
-    """Run torch.profiler around the trainer's optimizer steps first .. first + steps - 1."""
+    """Run torch.profiler around the trainer's optimizer steps first .. first + steps - 1 (0-based): from the
+    launch of the first to the launch of the one after the last (the trainer launches a step before reading the
+    previous one back; synchronizing there takes in exactly those steps)."""
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    one_step, t0 = trainer.train_step, [0.0]
+    launch, t0 = trainer._launch, [0.0]
 
-    def train_step(batches):
-        if trainer.step == first:
+    def profiled_launch(batches, index):
+        if index in (first, first + steps):
             torch.cuda.synchronize()
+        if index == first:
             prof.start()
             t0[0] = time.perf_counter()
-        record = one_step(batches)
-        if trainer.step == first + steps:
-            torch.cuda.synchronize()
+        elif index == first + steps:
             wall_ms = (time.perf_counter() - t0[0]) * 1e3
             prof.stop()
             write_profile(prof, wall_ms, steps, path, header)
-        return record
+        return launch(batches, index)
 
-    trainer.train_step = train_step
+    trainer._launch = profiled_launch
 
 
 def memory_by_pool() -> str:

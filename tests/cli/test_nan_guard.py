@@ -43,14 +43,14 @@ def test_out_of_memory_names_the_step_and_what_to_change(base, data, tmp_path, m
     the settings that lower memory, and the checkpoint to resume from; no traceback."""
     from rwkv_peft.train.loop import Trainer
 
-    step = Trainer.train_step
+    launch = Trainer._launch
 
-    def train_step(self, batches):
-        if self.step == 2:
+    def failing_launch(self, batches, index):
+        if index == 2:
             raise torch.cuda.OutOfMemoryError(OOM)
-        return step(self, batches)
+        return launch(self, batches, index)
 
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(Trainer, "_launch", failing_launch)
     proj = tmp_path / "proj"
     run = run_cli(*train_args(base, data, proj, "--peft", "lora", "--checkpoint_every", "1", "--micro_bsz", "2"))
     assert run.rc == 2 and "Traceback" not in run.err

@@ -102,6 +102,17 @@ def test_the_captured_function_equals_the_eager_micro_step_on_cpu(base, data, tm
 
 
 @cuda
+def test_graphed_run_stops_before_a_diverging_update(base, data, tmp_path):
+    """The graphed update refuses the non-finite step on the device; the host reads that back (a step later) and
+    stops with the divergence message; checkpoint-last, taken every step, stays finite."""
+    proj = tmp_path / "p"
+    r = run_cli(*gpu_args(base, data, proj, "--peft", "none", "--lr_init", "1e30", "--lr_final", "1e30",
+                          "--warmup_steps", "0", "--gradient_clip_val", "0", "--checkpoint_every", "3"))
+    assert r.rc == 2 and "cuda_graph" in (proj / "train_log.txt").read_text(), r.err
+    assert "without applying the update" in r.err
+
+
+@cuda
 @pytest.mark.parametrize("max_norm", [0.05, float("inf")])
 def test_graphed_update_equals_the_eager_one(max_norm):
     """Clip + AdamW + zeroed gradients replayed from graphs, with the rate changing every step (written into the
@@ -131,7 +142,7 @@ def test_graphed_update_equals_the_eager_one(max_norm):
                     p.grad.add_(grad)
             if graphed:
                 norms.append(float(update.grad_norm()))
-                update.apply()
+                update.apply(torch.ones((), device="cuda"))
             else:
                 norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
                 opt.step()

@@ -40,6 +40,11 @@ class Batch:
         pad = torch.nn.functional.pad
         return Batch(pad(self.input_ids, (0, extra), value=PAD_ID), pad(self.labels, (0, extra), value=IGNORE))
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked host memory, so that a non-blocking copy to a GPU does not wait for it."""
+        cu = None if self.cu_seqlens is None else self.cu_seqlens.pin_memory()
+        return Batch(self.input_ids.pin_memory(), self.labels.pin_memory(), cu)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device, non_blocking=non_blocking)
         return Batch(self.input_ids.to(device, non_blocking=non_blocking),

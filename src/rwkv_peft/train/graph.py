@@ -16,11 +16,13 @@ pool, since only one runs at a time.
 What the step may not do inside: synchronize with the host (the loss is `dense_head_loss`), change shape, or use
 packed batches (fla derives its chunk index from cu_seqlens on the host).
 
-The update (`GraphedUpdate`) is two more graphs, so that the trainer can still refuse a non-finite step before
-applying it: one computes the gradients' total norm, the host reads it together with the loss (the step's only
-synchronization), the other clips with that norm, runs AdamW (built `capturable`, its rates device tensors the
-schedule overwrites) and zeroes the gradients in place. Measured on the 1.5B LoRA step: the eager optimizer,
-clipping and their host work left the GPU idle ~26% of the step (bench/NOTES.md).
+The update (`GraphedUpdate`) is two more graphs: one computes the gradients' total norm, the other clips with it,
+runs AdamW (built `capturable` and fused, its rates device tensors the schedule overwrites) and zeroes the
+gradients in place. A non-finite loss or norm is refused on the device: it sets a flag that fused AdamW reads as
+"skip" (parameters, moments and step count stay as they were), and the flag stays set, so no later update applies
+either. The host reads the loss, the norm and the flag when it wants (the trainer: after launching the next step,
+so the GPU never waits for the host) and stops the run on the flag. Measured on the 1.5B LoRA step: the eager
+optimizer, clipping and their host work left the GPU idle ~26% of the step (bench/NOTES.md).
 """
 
 from collections import Counter
@@ -105,15 +107,15 @@ def _give_gradients(params: list[torch.nn.Parameter]) -> None:
 
 class _Replayed:
     """fn() (no inputs) run eagerly on its first call, captured on its second and replayed from then on;
-    returns fn's output (on replays the same tensor, overwritten)."""
+    returns fn's output (on replays the same tensor, overwritten). graphs=False: always eager (the CPU)."""
 
-    def __init__(self, fn: Callable[[], Tensor | None]) -> None:
-        self.fn, self.calls, self.graph, self.out = fn, 0, None, None
+    def __init__(self, fn: Callable[[], Tensor | None], graphs: bool = True) -> None:
+        self.fn, self.graphs, self.calls, self.graph, self.out = fn, graphs, 0, None, None
 
     def __call__(self) -> Tensor | None:
         if self.graph is None:
             self.calls += 1
-            if self.calls == 1:
+            if self.calls == 1 or not self.graphs:
                 return self.fn()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -124,32 +126,47 @@ class _Replayed:
 
 
 class GraphedUpdate:
-    """Clip + AdamW step + zeroed gradients of `params`, as `grad_norm()` then `apply()` (see the module's
-    docstring). `optimizer` must be capturable; max_norm inf: no clipping (the norm is still reported)."""
+    """Clip + AdamW step + zeroed gradients of `params`, as `grad_norm()` then `apply(loss)`, refusing a non-finite
+    step on the device (see the module's docstring). `optimizer` must be fused (it alone reads the refusal flag)
+    and, for graphs, capturable; max_norm inf: no clipping (the norm is still reported)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float) -> None:
+        if not all(group.get("fused") for group in optimizer.param_groups):
+            raise ValueError("GraphedUpdate needs a fused optimizer: only fused AdamW skips a refused step")
         self.optimizer, self.params, self.max_norm = optimizer, params, max_norm
         _give_gradients(params)
+        device = params[0].device
         self.norm: Tensor | None = None
-        self._norm = _Replayed(self._total_norm)
-        self._apply = _Replayed(self._update)
+        self.loss = torch.zeros((), dtype=torch.float32, device=device)
+        # 1.0 once a step was non-finite; torch's AdamW passes `found_inf` to the fused kernel, which then skips.
+        self.refused = torch.zeros((), dtype=torch.float32, device=device)
+        optimizer.found_inf = self.refused
+        graphs = device.type == "cuda"
+        self._norm = _Replayed(self._total_norm, graphs)
+        self._apply = _Replayed(self._update, graphs)
 
     def grad_norm(self) -> Tensor:
         """The 2-norm of all gradients, a 0-d fp32 device tensor."""
         self.norm = self._norm()
         return self.norm
 
-    def apply(self) -> None:
+    def apply(self, loss: Tensor) -> None:
+        """Clip, step and zero the gradients, unless `loss` (0-d) or the norm is not finite, or an earlier step's
+        was not; the gradients are zeroed either way."""
+        self.loss.copy_(loss)
         self._apply()
 
-    def apply_eagerly(self) -> None:
+    def apply_eagerly(self, loss: Tensor) -> None:
         """`apply` without a graph (after a failed capture), with the norm `grad_norm` returned."""
+        self.loss.copy_(loss)
         self._update()
 
     def _total_norm(self) -> Tensor:
         return torch.nn.utils.get_total_norm([p.grad for p in self.params]).float()
 
     def _update(self) -> None:
+        finite = torch.isfinite(self.loss) & torch.isfinite(self.norm)
+        torch.maximum(self.refused, (~finite).float(), out=self.refused)
         if self.max_norm != float("inf"):
             torch.nn.utils.clip_grads_with_norm_(self.params, self.max_norm, self.norm)
         self.optimizer.step()

@@ -10,10 +10,13 @@ epoch_steps x micro_bsz ones.
 One optimizer step: fetch accumulate_grad_batches micro-batches, count their trained tokens N (over all ranks:
 the global batch), run forward and backward on each with loss sum(CE)/N (so the step's gradient is the token-mean
 over all of them, as one process seeing the whole global batch would compute), unscale (fp16), clip, check for
-NaN/inf, step; the step's loss and gradient norm are read back to the host once, at the check. The epoch's end
-saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and `checkpoint-last/`. On a GPU each
-micro-batch's forward and backward, and then the clipping and optimizer step, are usually replayed CUDA graphs
-(graph.py; --cuda_graph), rows padded to a few bucket lengths so that few graphs (and compiled shapes) are needed.
+NaN/inf, step; the step's loss and gradient norm are read back to the host once, at the check. With graphed
+updates the check runs on the device (graph.py) and the trainer launches the next step before reading this one
+back, so the GPU does not wait for the host between steps; it does not run ahead of a save, a validation or the
+last step. The epoch's end saves `rwkv-{epoch}.pth` (every epoch_save epochs and the last) and `checkpoint-last/`.
+On a GPU each micro-batch's forward and backward, and then the clipping and optimizer step, are usually replayed
+CUDA graphs (graph.py; --cuda_graph), rows padded to a few bucket lengths so that few graphs (and compiled shapes)
+are needed.
 
 Several ranks (torchrun, `--devices N`): each reads its own share of every global batch, the --strategy engine
 (`wrap.py`) averages gradients, the reported loss, token counts and speed are those of the whole global batch
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .. import adapters
-from ..data.batch import bucket_length
+from ..data.batch import Batch, bucket_length
 from ..errors import UserError
 from ..model.embed import embed
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
@@ -49,6 +52,20 @@ from .stop import StopRequest
 
 class TrainingDiverged(UserError):
     """The loss or the gradient became NaN/inf; raised before the bad update is applied."""
+
+
+@dataclass
+class _Launched:
+    """An optimizer step whose work is queued on the device but not yet read back."""
+    number: int  # 1-based: the step count once it is done
+    lr: float
+    n_tokens: int
+    normalizer: int
+    started: float
+    ce: torch.Tensor  # the sum of its micro-batches' CE, 0-d, on the device
+    # graphed update: [CE sum, gradient norm, refused] as they will be on the host once `ready` has passed
+    stats: torch.Tensor | None = None
+    ready: torch.cuda.Event | None = None
 
 
 @dataclass
@@ -96,6 +113,7 @@ class Trainer:
         self.step = s.start_step
         self.tokens, self.elapsed, self.started = 0, 0.0, time.time()
         self.last_saved: int | None = None
+        self.last_read = 0.0  # when the previous step was read back (its speed is measured from there)
         self.last_loss, self.last_val, self.adapter_file = math.nan, None, None
         # Compiled or graphed steps want few distinct shapes: rows are padded up to bucket lengths.
         self.bucketed = s.model.compile or s.cuda_graph
@@ -103,6 +121,8 @@ class Trainer:
         self.update = None
         if s.cuda_graph and s.scaler is None and not s.engine.owns_step:
             self.update = GraphedUpdate(s.optimizer, s.trainable, cfg.optim.gradient_clip_val or math.inf)
+        # Where two steps' statistics land on the host, one row per step in flight.
+        self.stats_host = torch.zeros(2, 3, pin_memory=self.device.type == "cuda")
         if self.resume is not None:
             self._restore(self.resume)
         self.log = RunLogger(s.proj_dir, self.dist.is_main, cfg.log.progress, cfg.log.log_every, self.step,
@@ -154,52 +174,98 @@ class Trainer:
 
     def _run(self, batches, stop: StopRequest) -> None:
         """Steps until the end, saving on schedule; after a Ctrl-C (`stop`), saves and raises KeyboardInterrupt."""
-        s, cfg = self.s, self.cfg
+        s = self.s
+        ahead: _Launched | None = None
         while self.step < s.end_step:
-            record = self.train_step(batches)
-            at_epoch_end = self.step % s.steps_per_epoch == 0
-            val_due = (self.step % cfg.log.val_every == 0) if cfg.log.val_every else at_epoch_end
-            if s.val_data is not None and (val_due or self.step == s.end_step):
+            launched = ahead or self._launch(batches, self.step)
+            ahead = None
+            if self.update is not None and not stop.requested and not any(self._due_after(launched.number)):
+                ahead = self._launch(batches, launched.number)
+            record = self._read_back(launched)
+            at_epoch_end, val_due, checkpoint_due = self._due_after(self.step)
+            if val_due:
                 record |= self.validate()
             self.log.step(record)
             if at_epoch_end:
                 due = self._epoch_file_due(self.step // s.steps_per_epoch - 1) or self.step == s.end_step
                 self.save(epoch_file=due)
-            elif cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+            elif checkpoint_due:
                 self.save(epoch_file=False)
-            if stop.requested and self.step < s.end_step:
+            if stop.requested and self.step < s.end_step and ahead is None:
                 if self.last_saved != self.step:
                     self.save(epoch_file=False)
                 raise KeyboardInterrupt
 
+    def _due_after(self, step: int) -> tuple[bool, bool, bool]:
+        """(epoch end, validation, checkpoint) due once `step` steps are done; the last step counts as all three
+        (each of them needs that step's parameters, so the trainer does not launch the next one before)."""
+        s, cfg = self.s, self.cfg
+        last = step >= s.end_step
+        at_epoch_end = step % s.steps_per_epoch == 0 or last
+        val_due = s.val_data is not None and (
+            last or ((step % cfg.log.val_every == 0) if cfg.log.val_every else at_epoch_end))
+        every = cfg.run.checkpoint_every
+        return at_epoch_end, val_due, bool(every and step % every == 0) or last
+
     def train_step(self, batches) -> dict:
-        """One optimizer step; returns its metrics record. Raises TrainingDiverged before a bad update."""
+        """One optimizer step, launched and read back; returns its metrics record. Raises TrainingDiverged before a
+        bad update."""
+        return self._read_back(self._launch(batches, self.step))
+
+    def _launch(self, batches, index: int) -> _Launched:
+        """Queue optimizer step `index` (0-based): its micro-batches' forward and backward, and with graphed
+        updates the update itself (refused on the device if non-finite); nothing here waits for the device."""
         s, cfg = self.s, self.cfg
         t0 = time.time()
-        lr = apply_schedule(s.optimizer, s.schedule, self.step)
+        lr = apply_schedule(s.optimizer, s.schedule, index)
         micro = [next(batches) for _ in range(cfg.optim.accumulate_grad_batches)]
         if self.bucketed:
             micro = [b.pad_to(bucket_length(b.input_ids.shape[1], cfg.data.ctx_len)) for b in micro]
-        micro = [b.to(self.device, non_blocking=True) for b in micro]
+        micro = [self._to_device(b) for b in micro]
         n_tokens = int(self.dist.all_reduce_sum([sum(b.num_tokens for b in micro)], self.device)[0])
         normalizer = max(1, n_tokens)
         # fp16: the scaler's current factor (scaling a unit also starts the scaler on its first step).
         scale = float(s.scaler.scale(torch.ones((), device=self.device))) if s.scaler is not None else 1.0
         ce = sum(self.forward_backward(b, normalizer, scale, last=i == len(micro) - 1) for i, b in enumerate(micro))
-        result = self._graphed_update(ce, normalizer) if self.update is not None else None
-        if result is not None:
-            loss, grad_norm = result
+        launched = _Launched(index + 1, lr, n_tokens, normalizer, t0, torch.as_tensor(ce))
+        if self.update is not None:
+            self._graphed_update(launched)
+        return launched
+
+    def _to_device(self, batch):
+        """The batch on the training device, copied without making the host wait for the device (pinned memory).
+        A host-resident embedding table (--quant) with graphed steps: its rows are gathered here, on the host."""
+        if self.device.type != "cuda":
+            return batch
+        emb = self.s.model.emb
+        if self.graphed is not None and emb.weight.device.type == "cpu" and batch.cu_seqlens is None:
+            batch = Batch(embed(emb, batch.input_ids), batch.labels)
+        return batch.pin_memory().to(self.device, non_blocking=True)
+
+    def _read_back(self, launched: _Launched) -> dict:
+        """Wait for `launched` and check it (TrainingDiverged if it was refused, or, with eager updates, before
+        applying it); returns its metrics record."""
+        s = self.s
+        if launched.stats is not None:
+            if launched.ready is not None:
+                launched.ready.synchronize()
+            ce_sum, grad_norm, refused = launched.stats.tolist()
+            loss = ce_sum / launched.normalizer
+            if refused:
+                self._diverged(loss, grad_norm)
         else:
-            loss = self.dist.all_reduce_sum([float(ce)], self.device)[0] / normalizer
+            loss = self.dist.all_reduce_sum([float(launched.ce)], self.device)[0] / launched.normalizer
             grad_norm = self._eager_update(loss)
-        self.step += 1
-        self.tokens += n_tokens
+        now = time.time()
+        seconds, self.last_read = now - max(launched.started, self.last_read), now
+        self.step = launched.number
+        self.tokens += launched.n_tokens
         self.last_loss = loss
-        seconds = time.time() - t0
         peak_mb = self.dist.all_reduce_max([peak_memory_mb(self.device)], self.device)[0]
-        record = {"step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": loss, "lr": lr,
-                  "grad_norm": grad_norm, "tokens": self.tokens, "kt_s": n_tokens / max(seconds, 1e-9) / 1000,
-                  "peak_mem_mb": round(peak_mb, 1), "time": round(time.time() - self.started, 3)}
+        record = {"step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": loss, "lr": launched.lr,
+                  "grad_norm": grad_norm, "tokens": self.tokens,
+                  "kt_s": launched.n_tokens / max(seconds, 1e-9) / 1000,
+                  "peak_mem_mb": round(peak_mb, 1), "time": round(now - self.started, 3)}
         if not math.isfinite(grad_norm):
             record["skipped"] = True  # fp16 overflow: the scaler lowered its factor and skipped this update
         return record
@@ -211,9 +277,9 @@ class Trainer:
         # The engines average gradients over ranks; each rank's share of the global mean is worth world_size.
         normalizer = normalizer / s.engine.grad_divisor
         if self.graphed is not None:
-            # A host-resident embedding table (--quant): its rows are gathered before the replay, not inside.
-            on_host = s.model.emb.weight.device.type != batch.input_ids.device.type
-            inputs = embed(s.model.emb, batch.input_ids) if on_host else batch.input_ids
+            # A host-resident embedding table (--quant): its rows are gathered before the replay, not inside
+            # (`_to_device` has done it; `embed` passes embeddings through).
+            inputs = embed(s.model.emb, batch.input_ids)
             try:
                 return self.graphed(inputs, batch.labels, normalizer) * normalizer
             except RuntimeError as e:
@@ -257,24 +323,29 @@ class Trainer:
         s.optimizer.zero_grad()  # graphed runs never get here: GraphedUpdate zeroes their gradients in place
         return grad_norm
 
-    def _graphed_update(self, ce: torch.Tensor, normalizer: int) -> tuple[float, float] | None:
-        """The update as replayed graphs (one process, no loss scaler): returns (loss, gradient norm), or None
-        when capturing the norm failed (the caller then updates eagerly)."""
-        try:
-            norm = self.update.grad_norm()
-        except RuntimeError as e:
-            self._capture_failed("the update", e)
-            return None
-        ce_sum, grad_norm = torch.stack([ce.float(), norm]).tolist()  # the step's one host sync
-        if not (math.isfinite(ce_sum) and math.isfinite(grad_norm)):
-            self._diverged(ce_sum / normalizer, grad_norm)
+    def _graphed_update(self, launched: _Launched) -> None:
+        """Queue the update as replayed graphs (one process, no loss scaler), and the copy of the step's CE sum,
+        gradient norm and refusal flag to the host. A failed capture of the norm leaves the update to
+        `_eager_update` at read-back (launched.stats stays None)."""
         update = self.update
         try:
-            update.apply()
+            norm = update.grad_norm()
         except RuntimeError as e:
             self._capture_failed("the update", e)
-            update.apply_eagerly()
-        return ce_sum / normalizer, grad_norm
+            return
+        try:
+            update.apply(launched.ce)
+        except RuntimeError as e:
+            self._capture_failed("the update", e)
+            update.apply_eagerly(launched.ce)
+        stats = torch.stack([launched.ce.float(), norm, update.refused])
+        if self.device.type != "cuda":
+            launched.stats = stats
+            return
+        launched.stats = self.stats_host[launched.number % 2]
+        launched.stats.copy_(stats, non_blocking=True)
+        launched.ready = torch.cuda.Event()
+        launched.ready.record()
 
     def _capture_failed(self, what: str, error: RuntimeError) -> None:
         """A capture failed (nothing ran in it): --cuda_graph 1 stops, auto goes on without graphs."""
