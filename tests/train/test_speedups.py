@@ -102,6 +102,35 @@ def test_the_captured_function_equals_the_eager_micro_step_on_cpu(base, data, tm
 
 
 @cuda
+def test_launching_a_graphed_step_never_waits_for_the_device(base, data, tmp_path):
+    """After the captures, launching a step (schedule, batch copy, replays, update, statistics copy) makes no
+    implicit host sync (torch's sync debug mode raises on one), so the trainer can run a step ahead."""
+    from rwkv_peft.train import build_config
+    from rwkv_peft.train.loop import Trainer
+
+    cfg = build_config({"load_model": str(base), "data_file": data, "data_type": "binidx", "ctx_len": 64,
+                        "micro_bsz": 4, "precision": "fp32", "accelerator": "gpu", "proj_dir": str(tmp_path / "p"),
+                        "peft": "lora", "progress": "none", "plot": False, "compile": "0", "epoch_steps": 12})
+    trainer = Trainer(cfg)
+    assert trainer.update is not None
+    launch, checked = trainer._launch, []
+
+    def strict_launch(batches, index):
+        if index < 6:  # warm-ups and captures synchronize on purpose
+            return launch(batches, index)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(batches, index)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            checked.append(index)
+
+    trainer._launch = strict_launch
+    trainer.fit()
+    assert checked == list(range(6, 12))
+
+
+@cuda
 def test_graphed_run_stops_before_a_diverging_update(base, data, tmp_path):
     """The graphed update refuses the non-finite step on the device; the host reads that back (a step later) and
     stops with the divergence message; checkpoint-last, taken every step, stays finite."""

@@ -221,8 +221,9 @@ class Trainer:
         micro = [next(batches) for _ in range(cfg.optim.accumulate_grad_batches)]
         if self.bucketed:
             micro = [b.pad_to(bucket_length(b.input_ids.shape[1], cfg.data.ctx_len)) for b in micro]
-        micro = [self._to_device(b) for b in micro]
+        # Counted on the host, before the copy: counting on the device would wait for the step before this one.
         n_tokens = int(self.dist.all_reduce_sum([sum(b.num_tokens for b in micro)], self.device)[0])
+        micro = [self._to_device(b) for b in micro]
         normalizer = max(1, n_tokens)
         # fp16: the scaler's current factor (scaling a unit also starts the scaler on its first step).
         scale = float(s.scaler.scale(torch.ones((), device=self.device))) if s.scaler is not None else 1.0
