@@ -139,7 +139,7 @@ def main() -> None:
     rates = [r["kt_s"] for r in records if "kt_s" in r][args.warmup:]
     result = {"model": args.model, "version": args.version, "method": args.method, "ctx": args.ctx, "bsz": args.bsz,
               "extra": args.extra,
-              "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv,
+              "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv, "inductor": args.inductor,
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
     if torch.cuda.is_available():

@@ -89,6 +89,9 @@ def add_experiment_flags(ap) -> None:
                          "and recomputes the cheapest ops (torch._functorch.config.activation_memory_budget)")
     ap.add_argument("--recompute-wkv", action="store_true",
                     help="fla recomputes its WKV forward inside backward (its default) instead of keeping it (ours)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY (dotted for sub-configs) for the compiled blocks, e.g. "
+                         "combo_kernels=True, coordinate_descent_tuning=True, max_autotune_gemm=True; repeatable")
 
 
 def apply_experiment_flags(args) -> str:
@@ -102,5 +105,24 @@ def apply_experiment_flags(args) -> str:
 
         plain = fla_rwkv7.chunk_rwkv7
         fla_rwkv7.chunk_rwkv7 = lambda *a, **k: plain(*a, **(k | {"disable_recompute": False}))
-    return ", ".join(f"{k}={v}" for k, v in (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv))
-                     if v not in (None, False))
+    if args.inductor:
+        import ast
+
+        import torch._inductor.config as inductor_config
+
+        for item in args.inductor:
+            key, _, text = item.partition("=")
+            *path, name = key.split(".")
+            owner = inductor_config
+            for part in path:
+                owner = getattr(owner, part)
+            if not hasattr(owner, name):
+                raise SystemExit(f"--inductor {item}: torch._inductor.config has no {key}")
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            setattr(owner, name, value)
+    settings = (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv),
+                ("inductor", " ".join(args.inductor)))
+    return ", ".join(f"{k}={v}" for k, v in settings if v not in (None, False, ""))
