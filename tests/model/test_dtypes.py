@@ -114,3 +114,24 @@ def _lora_model(cfg):
         for p in trained:
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
     return model.train(), trained
+
+
+@pytest.mark.parametrize("version", [7, 6])
+def test_a_lora_ffn_keeps_one_dim_ffn_wide_tensor_for_backward(version):
+    """Under bf16 autocast the FFN's activation output is the only [B, T, dim_ffn] tensor kept for backward: the
+    activation needs nothing else (ops/relu_squared.py) and LoRA's value layer keeps that same tensor, not a copy
+    cast to fp32 and back."""
+    cfg = TINY[version]
+    model = model_from_state_dict(random_state_dict(cfg, seed=0, dtype=torch.bfloat16))
+    apply_adapter(model, spec_from_flags({"peft": "lora", "lora_config": '{"lora_dropout":0}'}))
+    ffn_wide = set()
+
+    def pack(t):
+        if t.shape[-1] == cfg.dim_ffn and t.shape[:-1].numel() == TOKENS.numel():
+            ffn_wide.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hidden, _ = model.hidden(TOKENS)
+    assert len(ffn_wide) == cfg.n_layer
+    hidden.float().sum().backward()

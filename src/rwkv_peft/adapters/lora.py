@@ -77,7 +77,8 @@ def pissa_residual(weight: Tensor, init_A: Tensor, init_B: Tensor, scaling: floa
 
 
 class LoraLinear(AdapterLinear):
-    """y = base(x) + s * B A dropout(x); adapter math runs in the adapter dtype (fp32), result in x's dtype.
+    """y = base(x) + s * B A dropout(x); adapter math runs in the adapter dtype (fp32) or, under autocast, in
+    autocast's; the result in x's dtype.
 
     `init` = (A0, B0) makes a PiSSA layer reuse saved initial factors (resume, mount, other ranks) instead of
     running a new randomized SVD, which would give different factors.
@@ -124,7 +125,10 @@ class LoraLinear(AdapterLinear):
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in] -> [..., out]."""
         y = self.base_forward(x)
-        h = self.dropout(x.to(self.lora_A.dtype))
+        # Under autocast the matmuls run in its dtype whatever x's, and a cast of x would be one more copy of the
+        # layer's input kept for backward (the A gradient's), beside the one the layer before keeps.
+        h = x if torch.is_autocast_enabled(x.device.type) else x.to(self.lora_A.dtype)
+        h = self.dropout(h)
         return (y + F.linear(F.linear(h, self.lora_A), self.lora_B) * self.config.scaling).to(y.dtype)
 
     @staticmethod

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import token_shift, wkv6
+from ..ops import relu_squared, token_shift, wkv6
 from .compiled import block_runner
 from .embed import embed
 from .state import RWKVState
@@ -112,7 +112,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor | None, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor]:
         d = token_shift(x, shift, cu_seqlens) - x
-        k = torch.relu(self.key(x + d * self.time_maa_k)) ** 2
+        k = relu_squared(self.key(x + d * self.time_maa_k))
         return torch.sigmoid(self.receptance(x + d * self.time_maa_r)) * self.value(k), x[:, -1]
 
 

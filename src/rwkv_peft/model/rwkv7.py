@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import token_shift, wkv7
+from ..ops import relu_squared, token_shift, wkv7
 from .compiled import block_runner
 from .embed import embed
 from .state import RWKVState
@@ -143,7 +143,7 @@ class ChannelMix(nn.Module):
     def forward(self, x: Tensor, shift: Tensor | None, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor]:
         """x: ln2 output [B, T, C]. Returns (delta for the residual, new shift [B, C])."""
         xk = x + (token_shift(x, shift, cu_seqlens) - x) * self.x_k.to(x.dtype)
-        return self.value(torch.relu(self.key(xk)) ** 2), x[:, -1]
+        return self.value(relu_squared(self.key(xk))), x[:, -1]
 
 
 class Block(nn.Module):

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from . import fla, registry
+from .relu_squared import relu_squared
 from .token_shift import token_shift
 from .wkv6 import wkv6_chunked, wkv6_recurrent
 from .wkv7 import wkv7_chunked, wkv7_recurrent
@@ -71,5 +72,5 @@ def wkv6(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tenso
     return impl.fn(r, log_w, k, v, u, state=state)
 
 
-__all__ = ["wkv7", "wkv6", "token_shift", "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent", "wkv6_chunked",
-           "registry"]
+__all__ = ["wkv7", "wkv6", "token_shift", "relu_squared", "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent",
+           "wkv6_chunked", "registry"]
