@@ -179,10 +179,10 @@ class Trainer:
         while self.step < s.end_step:
             launched = ahead or self._launch(batches, self.step)
             ahead = None
-            if self.update is not None and not stop.requested and not any(self._due_after(launched.number)):
+            at_epoch_end, val_due, checkpoint_due = due = self._due_after(launched.number)
+            if self.update is not None and not stop.requested and not any(due):
                 ahead = self._launch(batches, launched.number)
             record = self._read_back(launched)
-            at_epoch_end, val_due, checkpoint_due = self._due_after(self.step)
             if val_due:
                 record |= self.validate()
             self.log.step(record)
@@ -278,11 +278,10 @@ class Trainer:
         # The engines average gradients over ranks; each rank's share of the global mean is worth world_size.
         normalizer = normalizer / s.engine.grad_divisor
         if self.graphed is not None:
-            # A host-resident embedding table (--quant): its rows are gathered before the replay, not inside
-            # (`_to_device` has done it; `embed` passes embeddings through).
-            inputs = embed(s.model.emb, batch.input_ids)
+            # input_ids are token ids (the graph embeds them), or with a host-resident table (--quant) the rows
+            # `_to_device` gathered on the host.
             try:
-                return self.graphed(inputs, batch.labels, normalizer) * normalizer
+                return self.graphed(batch.input_ids, batch.labels, normalizer) * normalizer
             except RuntimeError as e:
                 self._capture_failed("a micro-batch", e)
         if s.chunk_ctx:
