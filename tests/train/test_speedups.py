@@ -103,8 +103,13 @@ def test_the_captured_function_equals_the_eager_micro_step_on_cpu(base, data, tm
 
 @cuda
 def test_launching_a_graphed_step_never_waits_for_the_device(base, data, tmp_path):
-    """After the captures, launching a step (schedule, batch copy, replays, update, statistics copy) makes no
-    implicit host sync (torch's sync debug mode raises on one), so the trainer can run a step ahead."""
+    """Launching a step whose shapes are all captured already (schedule, batch copy, replays, update, statistics
+    copy) makes no implicit host sync, so the trainer can run a step ahead. torch's sync debug mode reports each
+    sync as a warning ("error" would raise inside the replay, where the trainer takes it for a failed capture and
+    goes on without graphs); launches that warm up or capture a new bucket shape synchronize on purpose and are
+    not checked."""
+    import warnings
+
     from rwkv_peft.train import build_config
     from rwkv_peft.train.loop import Trainer
 
@@ -113,21 +118,31 @@ def test_launching_a_graphed_step_never_waits_for_the_device(base, data, tmp_pat
                         "peft": "lora", "progress": "none", "plot": False, "compile": "0", "epoch_steps": 12})
     trainer = Trainer(cfg)
     assert trainer.update is not None
-    launch, checked = trainer._launch, []
+    launch, checked, syncs = trainer._launch, [], []
 
-    def strict_launch(batches, index):
-        if index < 6:  # warm-ups and captures synchronize on purpose
-            return launch(batches, index)
-        torch.cuda.set_sync_debug_mode("error")
+    def progress():
+        g, u = trainer.graphed, trainer.update
+        return len(g.graphs), sum(g.calls.values()), u._norm.graph is not None, u._apply.graph is not None
+
+    def watched_launch(batches, index):
+        before = progress()
+        torch.cuda.set_sync_debug_mode("warn")
         try:
-            return launch(batches, index)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                launched = launch(batches, index)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        if before == progress() and all(before[2:]):  # nothing warmed up or captured: pure replays
             checked.append(index)
+            syncs.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
+        return launched
 
-    trainer._launch = strict_launch
+    trainer._launch = watched_launch
     trainer.fit()
-    assert checked == list(range(6, 12))
+    assert trainer.graphed is not None, "the run fell back to eager steps"
+    assert len(checked) >= 4, checked
+    assert not syncs, syncs
 
 
 @cuda
