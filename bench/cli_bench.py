@@ -82,6 +82,25 @@ def profile_steps(trainer: Trainer, first: int, steps: int, path: Path, header: 
     trainer._launch = profiled_launch
 
 
+def time_host(trainer: Trainer) -> dict[str, list[float]]:
+    """Wall ms of each step's launch and read-back (which waits for that step's GPU work): a read-back near zero
+    with a launch near the step time means the host, not the GPU, sets the pace."""
+    spent: dict[str, list[float]] = {"launch": [], "read_back": []}
+
+    def timed(name, fn):
+        def run(*args):
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                spent[name].append((time.perf_counter() - t) * 1e3)
+        return run
+
+    trainer._launch = timed("launch", trainer._launch)
+    trainer._read_back = timed("read_back", trainer._read_back)
+    return spent
+
+
 def memory_by_pool() -> str:
     """Reserved and allocated MiB per allocator pool (CUDA graphs have private pools) and stream, from a snapshot:
     where reserved memory sits unused."""
@@ -124,12 +143,14 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         peak = SmiPeak() if torch.cuda.is_available() else contextlib.nullcontext()
+        host: dict[str, list[float]] = {}
         try:
             with peak:
                 trainer = Trainer(cfg)
                 built_s = peak.since_start() if torch.cuda.is_available() else 0.0
                 if args.profile and torch.cuda.is_available():
                     profile_steps(trainer, args.warmup, 3, args.profile, f"{vars(args)}")
+                host = time_host(trainer)
                 trainer.fit()
             if args.memory and torch.cuda.is_available():
                 print(memory_by_pool())
@@ -142,6 +163,7 @@ def main() -> None:
               "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv, "inductor": args.inductor,
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
+    result |= {f"{k}_ms": round(statistics.median(v[args.warmup:]), 2) for k, v in host.items() if v[args.warmup:]}
     if torch.cuda.is_available():
         smi_end = smi_used_gib()
         result |= {"torch_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
