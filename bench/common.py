@@ -90,8 +90,9 @@ def add_experiment_flags(ap) -> None:
     ap.add_argument("--recompute-wkv", action="store_true",
                     help="fla recomputes its WKV forward inside backward (its default) instead of keeping it (ours)")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
-                    help="set torch._inductor.config.KEY (dotted for sub-configs) for the compiled blocks, e.g. "
-                         "combo_kernels=True, coordinate_descent_tuning=True, max_autotune_gemm=True; repeatable")
+                    help="an Inductor setting (torch._inductor.config.KEY, dotted for sub-configs) for the compiled "
+                         "blocks, on top of the trainer's (rwkv_peft.model.compiled.INDUCTOR_OPTIONS: "
+                         "combo_kernels=True), e.g. coordinate_descent_tuning=True, combo_kernels=False; repeatable")
 
 
 def apply_experiment_flags(args) -> str:
@@ -110,19 +111,20 @@ def apply_experiment_flags(args) -> str:
 
         import torch._inductor.config as inductor_config
 
+        from rwkv_peft.model.compiled import INDUCTOR_OPTIONS
+
         for item in args.inductor:
             key, _, text = item.partition("=")
-            *path, name = key.split(".")
             owner = inductor_config
-            for part in path:
+            for part in key.split("."):
+                if not hasattr(owner, part):
+                    raise SystemExit(f"--inductor {item}: torch._inductor.config has no {key}")
                 owner = getattr(owner, part)
-            if not hasattr(owner, name):
-                raise SystemExit(f"--inductor {item}: torch._inductor.config has no {key}")
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text
-            setattr(owner, name, value)
+            INDUCTOR_OPTIONS[key] = value  # the blocks' torch.compile options (they override the global config)
     settings = (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv),
                 ("inductor", " ".join(args.inductor)))
     return ", ".join(f"{k}={v}" for k, v in settings if v not in (None, False, ""))
