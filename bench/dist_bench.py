@@ -106,33 +106,34 @@ def main() -> None:
     inputs, labels = data[:, :-1].contiguous(), data[:, 1:].contiguous()
     normalizer = args.bsz * args.ctx * dist.world_size / engine.grad_divisor
 
-    def step() -> None:
-        n = dist.all_reduce_sum([float(labels.numel())], device)[0]  # the trainer's global token count
+    def step() -> float:
+        """One optimizer step; returns its global mean loss (the trainer's token count and loss reductions)."""
+        n = dist.all_reduce_sum([float(labels.numel())], device)[0]
         with engine.accumulating(last=True):
             loss, _ = engine.loss(inputs, labels, None, normalizer)
             engine.backward(loss)
-        dist.all_reduce_sum([float(loss.detach()) * normalizer / n], device)  # and its global loss
+        global_loss = dist.all_reduce_sum([float(loss.detach()) * normalizer / n], device)[0]
         if engine.owns_step:
             engine.step()
-            return
+            return global_loss
         engine.sync_gradients()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return global_loss
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dist.barrier()
 
-    for _ in range(args.warmup):
-        step()
+    losses = [step() for _ in range(args.warmup)]
     times = []
     sync()
     start = time.perf_counter()
     for _ in range(args.steps):
         t = time.perf_counter()
-        step()
+        losses.append(step())
         sync()
         times.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - start
@@ -151,7 +152,8 @@ def main() -> None:
                "step_ms": round(1e3 * statistics.median(times), 2),
                "step_ms_min_max": [round(1e3 * min(times), 2), round(1e3 * max(times), 2)],
                "peak_reserved_gib": [round(p[0], 2) for p in peaks],
-               "peak_allocated_gib": [round(p[1], 2) for p in peaks], "setup_s": round(setup_s, 1)}
+               "peak_allocated_gib": [round(p[1], 2) for p in peaks], "setup_s": round(setup_s, 1),
+               "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)]}
         line = json.dumps(row)
         print(line, flush=True)
         if args.out:
