@@ -58,7 +58,7 @@ class Row:
     method: str
     ctx: int
     bsz: int
-    grad_cp: bool
+    grad_cp: float
     compile: bool
     cuda_graph: bool
     ktok_s: float = 0.0
@@ -95,7 +95,7 @@ def flops_per_token(model: nn.Module, embedding: nn.Embedding) -> float:
     return 4 * sum(p.numel() for p in counted) + 2 * trainable
 
 
-def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: bool, compile_: bool):
+def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: float, compile_: bool):
     """Model, trainable parameters, loss_of(tokens, targets) and the embedding, for rwkv-peft."""
     L, C = MODELS[name]
     cfg = RWKV7Config(n_layer=L, n_embd=C)
@@ -118,8 +118,9 @@ def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: bool, compile_: bo
     return model, groups, loss_of, model.emb
 
 
-def peer(name: str, ctx: int, bsz: int, grad_cp: bool):
-    """flash-linear-attention's RWKV7ForCausalLM (same shape, fused linear CE with L2Wrap) + peft LoRA r64."""
+def peer(name: str, ctx: int, bsz: int, grad_cp: float):
+    """flash-linear-attention's RWKV7ForCausalLM (same shape, fused linear CE with L2Wrap) + peft LoRA r64; any
+    grad_cp share above 0 checkpoints all its layers (HF's switch is all or nothing)."""
     from fla.models import RWKV7Config as FlaRWKV7Config
     from fla.models import RWKV7ForCausalLM
     from peft import LoraConfig, get_peft_model
@@ -250,8 +251,8 @@ def main() -> None:
     ap.add_argument("--methods", default="lora")
     ap.add_argument("--shapes", default="1024x1", help="CTXxBSZ, comma-separated")
     ap.add_argument("--peer", action="store_true", help="also the fla RWKV7ForCausalLM + peft LoRA r64 peer")
-    ap.add_argument("--grad-cp", default="auto", choices=["auto", "0", "1"],
-                    help="recompute blocks in backward; auto: only from 16K tokens per step")
+    ap.add_argument("--grad-cp", default="auto", help="share of blocks recomputed in backward (0..1, as the "
+                    "trainer's --grad_cp); auto: all of them from 16K tokens per step, else none")
     ap.add_argument("--modes", default="eager", help="comma-separated: eager, graph (the whole step in a CUDA "
                     "graph), compile (torch.compile each block; ours only), compile+graph")
     ap.add_argument("--warmup", type=int, default=3)
@@ -272,7 +273,7 @@ def main() -> None:
     for name in args.models.split(","):
         for shape in args.shapes.split(","):
             ctx, bsz = map(int, shape.split("x"))
-            cp = args.grad_cp == "1" or (args.grad_cp == "auto" and ctx * bsz >= 16384)
+            cp = float(ctx * bsz >= 16384) if args.grad_cp == "auto" else float(args.grad_cp)
             methods = [m for m in args.methods.split(",") if m in METHODS]
             jobs = [(m, mode) for m in methods for mode in args.modes.split(",")]
             if args.peer:
@@ -298,7 +299,7 @@ def main() -> None:
     print("| model | method | ctx x bsz | grad_cp | compile | graph | Kt/s | MFU | torch peak GiB | smi GiB | note |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.model} | {r.method} | {r.ctx}x{r.bsz} | {int(r.grad_cp)} | {int(r.compile)} | {int(r.cuda_graph)} "
+        print(f"| {r.model} | {r.method} | {r.ctx}x{r.bsz} | {r.grad_cp:g} | {int(r.compile)} | {int(r.cuda_graph)} "
               f"| {r.ktok_s:.1f} | {r.mfu:.1%} | {r.torch_gib:.2f} | {r.smi_gib:.2f} | {r.note} |")
 
 

@@ -80,6 +80,20 @@ def test_only_training_steps_run_compiled_and_checkpointed_blocks(monkeypatch, v
     model.eval()
     model.hidden(tokens)
     assert len(calls) == 3 and len(checkpointed) == 3
+    model.train()
+    model.grad_cp = 1 / 3  # a share: one block of three
+    model.hidden(tokens)
+    assert len(calls) == 6 and len(checkpointed) == 4
+
+
+@pytest.mark.parametrize("n_layer, share, expected", [
+    (4, 0.0, "...."), (4, 1.0, "cccc"), (4, 0.5, ".c.c"), (24, 0.25, ("...c" * 6)), (3, 2 / 3, ".cc"),
+    (24, 0.6, None)])
+def test_a_grad_cp_share_spreads_its_blocks_evenly(n_layer, share, expected):
+    picked = compiled.checkpointed_blocks(n_layer, share)
+    assert sum(picked) == round(n_layer * share)
+    if expected:
+        assert "".join("c" if p else "." for p in picked) == expected
 
 
 @pytest.mark.parametrize("version", [7, 6])

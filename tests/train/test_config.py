@@ -25,7 +25,7 @@ def test_precedence_defaults_recipe_flags_overrides(tmp_path):
 def test_seed_flag_spellings():
     cfg = build_config(REQUIRED | {"grad_cp": "1", "train_parts": ["time", "ln"], "pre_ffn": "0", "head_qk": "0",
                                    "lora_config": '{"lora_r":32}', "my_testing": "x070", "lr_schedule": "cos"})
-    assert cfg.model.grad_cp is True and cfg.adapter.train_parts == ["time", "ln"]
+    assert cfg.model.grad_cp == 1.0 and cfg.adapter.train_parts == ["time", "ln"]
     assert cfg.adapter.lora_config == '{"lora_r":32}'
 
 
@@ -34,7 +34,8 @@ def test_seed_flag_spellings():
     ({}, ["data.lr_init=1e-4"], "unknown setting 'data.lr_init'"),
     ({}, ["micro_bsz=abc"], "override micro_bsz=abc: expected an integer, got 'abc'"),
     ({"ctx_len": "1.5"}, [], "--ctx_len: expected an integer"),
-    ({"grad_cp": "maybe"}, [], "--grad_cp: expected true/false"),
+    ({"grad_cp": "maybe"}, [], "--grad_cp: expected a share from 0 to 1 (or true/false)"),
+    ({"grad_cp": "1.5"}, [], "--grad_cp: expected a share from 0 to 1"),
     ({"precision": "fp8"}, [], "'fp8' is not one of bf16, fp16, fp32, tf32"),
     ({"pre_ffn": "1"}, [], "--pre_ffn 1: a RWKV-4 option"),
     ({"head_qk": "1"}, [], "--head_qk 1"),

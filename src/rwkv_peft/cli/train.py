@@ -25,7 +25,7 @@ METAVARS = {int: "N", float: "X"}
 
 
 def add_parser(sub) -> None:
-    from ..train.config import LEAVES, SECTIONS, SWITCH
+    from ..train.config import LEAVES, SECTIONS, SWITCH, Share
 
     p = sub.add_parser("train", help="fine-tune a model (LoRA, PiSSA, MiSS/DiSHA, State tuning, full)",
                        description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
@@ -40,8 +40,8 @@ def add_parser(sub) -> None:
                 continue
             kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata["help"].replace("%", "%%"),
                       "metavar": METAVARS.get(tp, "TEXT")}
-            if tp is bool or f.metadata.get("choices") == SWITCH:  # a bare --grad_cp / --compile means 1
-                kwargs.update(nargs="?", const="1", metavar="0|1" if tp is bool else "auto|0|1")
+            if tp in (bool, Share) or f.metadata.get("choices") == SWITCH:  # a bare --grad_cp / --compile means 1
+                kwargs.update(nargs="?", const="1", metavar={bool: "0|1", Share: "0..1"}.get(tp, "auto|0|1"))
             elif name == "train_parts":
                 kwargs.update(nargs="*", metavar="PART")
             elif name == "sample_prompts":

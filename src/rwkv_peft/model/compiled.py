@@ -1,6 +1,6 @@
 """How the models run their blocks: in training steps through one torch.compile entry point shared by every block
-of every model (RWKV-7 and RWKV-6) when `model.compile` is set, and under activation checkpointing when
-`model.grad_cp` is; otherwise plainly.
+of every model (RWKV-7 and RWKV-6) when `model.compile` is set, and under activation checkpointing for the share
+of blocks `model.grad_cp` names (0 none, 1 all, 0.5 every other one); otherwise plainly.
 
 The parameters are graph inputs, so all layers share one compiled graph (a few: RWKV-7's layer 0, which has no
 v_first yet, and the rest; each model version) and nothing recompiles per layer, provided a block's code never
@@ -13,6 +13,7 @@ the trainer: 28.1 -> 29.15 Kt/s, compile time unchanged; bench/results/2026-11-2
 descent tuning added 2% more there but ~70 s of compilation on each new shape, so it is left to the benches.
 """
 
+import math
 from collections.abc import Callable
 from functools import cache, partial
 
@@ -35,12 +36,21 @@ def compiled_block() -> Callable:
     return torch.compile(call_block, dynamic=False, options=dict(INDUCTOR_OPTIONS))
 
 
-def block_runner(model: nn.Module) -> Callable:
-    """run(block, *args) -> block(*args) for this pass of `model`: compiled if `model.compile`, its activations
-    recomputed in backward if `model.grad_cp`, both in training steps only. Evaluation and generation (no
-    gradient; prompt lengths, T = 1) stay eager: each shape would compile anew for a pass that is cheap."""
+def checkpointed_blocks(n_layer: int, share: float) -> list[bool]:
+    """Which of `n_layer` blocks recompute their activations in backward for `share` in [0, 1] of them, spread
+    evenly (0.5: every other block). Every block stores about the same activations, so the share sets the memory
+    and the recompute time between grad_cp 0 and 1 in proportion."""
+    count = lambda n: math.floor(n * share + 1e-9)  # noqa: E731
+    return [count(i + 1) > count(i) for i in range(n_layer)]
+
+
+def block_runners(model: nn.Module) -> list[Callable]:
+    """One run(block, *args) -> block(*args) per block of `model` for this pass: compiled if `model.compile`, its
+    activations recomputed in backward for the blocks `model.grad_cp` picks, both in training steps only.
+    Evaluation and generation (no gradient; prompt lengths, T = 1) stay eager: each shape would compile anew for
+    a pass that is cheap."""
     training = model.training and torch.is_grad_enabled()
     run = compiled_block() if model.compile and training else call_block
-    if model.grad_cp and training:
-        return partial(checkpoint, run, use_reentrant=False)
-    return run
+    share = float(model.grad_cp) if training else 0.0
+    recomputed = partial(checkpoint, run, use_reentrant=False)
+    return [recomputed if cp else run for cp in checkpointed_blocks(len(model.blocks), share)]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import relu_squared, token_shift, wkv6
-from .compiled import block_runner
+from .compiled import block_runners
 from .embed import embed
 from .state import RWKVState
 
@@ -146,7 +146,7 @@ class RWKV6(nn.Module):
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.backend = "auto"
-        self.grad_cp = False
+        self.grad_cp = 0.0  # share of blocks recomputed in backward (compiled.py)
         self.compile = False  # torch.compile each block in training steps (compiled.py)
 
     def hidden(self, tokens: Tensor, state: RWKVState | None = None,
@@ -156,14 +156,14 @@ class RWKV6(nn.Module):
         x = self.blocks[0].ln0(e).to(e.dtype)
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         new = RWKVState([], [], [])
-        run = block_runner(self)
+        runs = block_runners(self)
         for i, block in enumerate(self.blocks):
             att_shift = ffn_shift = None
             wkv_state = block.att.initial_wkv(n_seq)
             if state is not None:
                 att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
             args = (block, x, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
-            x, att_shift, wkv_state, ffn_shift = run(*args)
+            x, att_shift, wkv_state, ffn_shift = runs[i](*args)
             new.att_shift.append(att_shift)
             new.wkv.append(wkv_state)
             new.ffn_shift.append(ffn_shift)

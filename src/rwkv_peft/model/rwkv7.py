@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import relu_squared, token_shift, wkv7
-from .compiled import block_runner
+from .compiled import block_runners
 from .embed import embed
 from .state import RWKVState
 
@@ -170,8 +170,8 @@ class Block(nn.Module):
 
 class RWKV7(nn.Module):
     """The whole model. `backend` picks the WKV implementation ("auto", "torch", "fla", ...); `grad_cp`
-    recomputes each block's activations in the backward pass instead of storing them; `compile` runs the blocks
-    of training steps through torch.compile."""
+    (a share of the blocks, 0 to 1; True is 1) recomputes those blocks' activations in the backward pass instead
+    of storing them; `compile` runs the blocks of training steps through torch.compile."""
 
     def __init__(self, cfg: RWKV7Config):
         super().__init__()
@@ -181,7 +181,7 @@ class RWKV7(nn.Module):
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.backend = "auto"
-        self.grad_cp = False
+        self.grad_cp = 0.0  # share of blocks recomputed in backward (compiled.py)
         # torch.compile each block (its elementwise work fused; the WKV kernel runs eagerly in between).
         self.compile = False
 
@@ -198,14 +198,14 @@ class RWKV7(nn.Module):
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         v_first = None
         new = RWKVState([], [], [])
-        run = block_runner(self)
+        runs = block_runners(self)
         for i, block in enumerate(self.blocks):
             att_shift = ffn_shift = None
             wkv_state = block.att.initial_wkv(n_seq)
             if state is not None:
                 att_shift, wkv_state, ffn_shift = state.att_shift[i], state.wkv[i], state.ffn_shift[i]
             args = (block, x, v_first, att_shift, wkv_state, ffn_shift, cu_seqlens, self.backend)
-            x, v_first, att_shift, wkv_state, ffn_shift = run(*args)
+            x, v_first, att_shift, wkv_state, ffn_shift = runs[i](*args)
             new.att_shift.append(att_shift)
             new.wkv.append(wkv_state)
             new.ffn_shift.append(ffn_shift)

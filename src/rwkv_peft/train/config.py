@@ -27,6 +27,8 @@ SWITCH = ("auto", "1", "0")
 # --strategy values (the seeds' scripts say deepspeed_stage_1); train/wrap.py says what each one does.
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
               "deepspeed_stage_2_offload", "deepspeed_stage_3_offload")
+# A share in [0, 1] where true/false and a bare flag also mean 1/0 (--grad_cp 1, --grad_cp 0.5).
+Share = typing.NewType("Share", float)
 # A JSON object given as a string on the command line (the seeds' --lora_config '{...}') or a mapping in YAML.
 JsonText = str | dict
 
@@ -50,7 +52,8 @@ class ModelSection:
     dim_att: int = opt(0, "optional: checked against the checkpoint")
     dim_ffn: int = opt(0, "optional: checked against the checkpoint")
     op: str = opt("auto", "WKV kernel backend: auto, torch, fla, cuda (whichever this install registers)")
-    grad_cp: bool = opt(False, "recompute each block's activations in backward (less memory, ~30% slower)")
+    grad_cp: Share = opt(0.0, "recompute blocks' activations in backward (less memory, ~30% slower): 1 all "
+                         "blocks, 0 none, a share between (0.5: every other block)")
     compile: str = opt("auto", "torch.compile each block: auto (on a GPU), 1, 0; the first steps compile",
                        SWITCH)
     cuda_graph: str = opt("auto", "replay each micro-batch's forward+backward as one CUDA graph: auto (on a GPU "
@@ -225,6 +228,13 @@ def _convert(value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise ValueError
+    if tp is Share:
+        if isinstance(value, bool) or (isinstance(value, str) and value.lower() in _TRUE | _FALSE):
+            return float(_convert(value, bool))
+        share = float(value)
+        if not 0 <= share <= 1:
+            raise ValueError
+        return share
     if tp is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
@@ -255,7 +265,8 @@ def _convert(value: Any, tp: Any) -> Any:
 def _type_name(tp: Any) -> str:
     if tp == JsonText:
         return "a JSON object or mapping"
-    names = {bool: "true/false (or 1/0)", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    names = {bool: "true/false (or 1/0)", Share: "a share from 0 to 1 (or true/false)", int: "an integer",
+             float: "a number", str: "a string", list: "a list"}
     return names.get(tp, names.get(typing.get_origin(tp), str(tp)))
 
 

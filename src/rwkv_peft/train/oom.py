@@ -21,8 +21,9 @@ def out_of_memory(error: Exception, cfg: TrainConfig, device: torch.device | Non
     loading = step is None
     tips = []
     if not loading:  # what a step holds besides the model
-        if not m.grad_cp:
-            tips.append("--grad_cp 1 (recompute activations in backward: the largest saving)")
+        if m.grad_cp < 1:
+            tips.append("--grad_cp 1 (recompute activations in backward: the largest saving; a share such as 0.5 "
+                        "saves in proportion)")
         if d.micro_bsz > 1:
             acc = cfg.optim.accumulate_grad_batches
             tips.append(f"--micro_bsz 1 --accumulate_grad_batches {acc * d.micro_bsz} (the same batch)")
