@@ -86,6 +86,18 @@ def test_only_training_steps_run_compiled_and_checkpointed_blocks(monkeypatch, v
     assert len(calls) == 6 and len(checkpointed) == 4
 
 
+def test_older_torch_compiles_without_the_autograd_cache(monkeypatch):
+    """torch < 2.13 can reload corrupted view metadata from AOTAutograd's disk cache (compiled.py)."""
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    compiled.compiled_block.cache_clear()
+    try:
+        with torch._functorch.config.patch(enable_autograd_cache=True):
+            compiled.compiled_block()
+            assert torch._functorch.config.enable_autograd_cache is False
+    finally:
+        compiled.compiled_block.cache_clear()
+
+
 @pytest.mark.parametrize("n_layer, share, expected", [
     (4, 0.0, "...."), (4, 1.0, "cccc"), (4, 0.5, ".c.c"), (24, 0.25, ("...c" * 6)), (3, 2 / 3, ".cc"),
     (24, 0.6, None)])

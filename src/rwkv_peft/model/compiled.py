@@ -33,6 +33,12 @@ INDUCTOR_OPTIONS: dict[str, object] = {"combo_kernels": True}
 
 @cache
 def compiled_block() -> Callable:
+    if torch.torch_version.TorchVersion(torch.__version__) < "2.13":
+        # Before the fix (pytorch#185630, mid 2026), a compiled graph loaded back from AOTAutograd's on-disk cache
+        # can carry corrupted view metadata for its aliased outputs: a later run fails with garbage shapes in
+        # apply_view_meta_sequence, or crashes outright (seen on torch 2.11, H100, State tuning). Inductor's own
+        # kernel cache stays on, so a warm start still skips code generation.
+        torch._functorch.config.enable_autograd_cache = False
     return torch.compile(call_block, dynamic=False, options=dict(INDUCTOR_OPTIONS))
 
 
