@@ -101,23 +101,6 @@ def time_host(trainer: Trainer) -> dict[str, list[float]]:
     return spent
 
 
-def foreach_gradients(trainer: Trainer) -> None:
-    """Experiment (--foreach-grads): the captured micro-step takes its gradients from torch.autograd.grad and adds
-    them to the static .grad tensors with one foreach add (a few multi-tensor kernels) in place of autograd's one
-    add kernel per trained tensor (440 at 1.5B LoRA: 0.78 ms per step). All of them are alive together at the end
-    of backward (the trainable set's fp32 size)."""
-    params, module = trainer.s.trainable, trainer.s.engine.module
-
-    def micro_step(input_ids, labels, normalizer):
-        loss = module.dense_loss(input_ids, labels, normalizer)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        used = [(p.grad, g) for p, g in zip(params, grads, strict=True) if g is not None]
-        torch._foreach_add_([a for a, _ in used], [g for _, g in used])
-        return loss.detach()
-
-    trainer.graphed.fn = micro_step
-
-
 def memory_by_pool() -> str:
     """Reserved and allocated MiB per allocator pool (CUDA graphs have private pools) and stream, from a snapshot:
     where reserved memory sits unused."""
@@ -145,7 +128,6 @@ def main() -> None:
     ap.add_argument("--out", help="append the result as a JSON line here")
     ap.add_argument("--profile", type=Path, help="write the top kernels of 3 steps after the warm-up here")
     ap.add_argument("--memory", action="store_true", help="print the allocator's segments at the end, per pool")
-    ap.add_argument("--foreach-grads", action="store_true", help="experiment: see foreach_gradients")
     ap.add_argument("extra", nargs="*", help="more trainer settings, key=value (grad_cp=1, quant=nf4, op=fla, ...)")
     add_experiment_flags(ap)
     args = ap.parse_args()
@@ -168,8 +150,6 @@ def main() -> None:
                 built_s = peak.since_start() if torch.cuda.is_available() else 0.0
                 if args.profile and torch.cuda.is_available():
                     profile_steps(trainer, args.warmup, 3, args.profile, f"{vars(args)}")
-                if args.foreach_grads and trainer.graphed is not None:
-                    foreach_gradients(trainer)
                 host = time_host(trainer)
                 trainer.fit()
             if args.memory and torch.cuda.is_available():
@@ -181,7 +161,6 @@ def main() -> None:
     result = {"model": args.model, "version": args.version, "method": args.method, "ctx": args.ctx, "bsz": args.bsz,
               "extra": args.extra,
               "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv, "inductor": args.inductor,
-              "foreach_grads": args.foreach_grads,
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
     result |= {f"{k}_ms": round(statistics.median(v[args.warmup:]), 2) for k, v in host.items() if v[args.warmup:]}

@@ -296,9 +296,19 @@ class Trainer:
     def _dense_forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                                 normalizer: torch.Tensor) -> torch.Tensor:
         """forward_backward without host syncs (what a CUDA graph captures); returns the detached step loss.
-        input_ids may be their embeddings already gathered (a host-resident table)."""
+        input_ids may be their embeddings already gathered (a host-resident table).
+
+        The gradients are added into the static `.grad` tensors by one foreach add (a few multi-tensor kernels)
+        rather than by backward's one add kernel per trained tensor: H100, 1.5B LoRA (440 tensors), 29.2 -> 29.8
+        Kt/s, same memory (bench/NOTES.md). Graphs run in one process only, so no DDP hook misses them."""
         loss = self.s.engine.module.dense_loss(input_ids, labels, normalizer)
-        loss.backward()
+        params = self.s.trainable
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        used = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+        for p, _ in used:
+            if p.grad is None:  # only outside a graph: GraphedStep gives every parameter one
+                p.grad = torch.zeros_like(p)
+        torch._foreach_add_([p.grad for p, _ in used], [g for _, g in used])
         return loss.detach()
 
     def _eager_update(self, loss: float) -> float:
