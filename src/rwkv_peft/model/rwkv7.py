@@ -91,6 +91,11 @@ class TimeMix(nn.Module):
         time_state = getattr(self, "time_state", None)
         return None if time_state is None else time_state.float().expand(n, -1, -1, -1)
 
+    def project_rkv(self, xr: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """receptance, key and value [B, T, C] of their token-shifted inputs: three independent products of one
+        shape, in one place so that a grouped form can stand in for them (bench --grouped-lora)."""
+        return self.receptance(xr), self.key(xk), self.value(xv)
+
     def forward(self, x: Tensor, v_first: Tensor | None, shift: Tensor | None, wkv_state: Tensor | None,
                 cu_seqlens: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x: ln1 output [B, T, C]; v_first: layer 0's values [B, T, C] (None in layer 0); shift [B, C];
@@ -104,9 +109,7 @@ class TimeMix(nn.Module):
         d = token_shift(x, shift, cu_seqlens) - x
         xr, xw, xk, xv, xa, xg = (x + d * c(m) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
 
-        r = self.receptance(xr)
-        k = self.key(xk)
-        v = self.value(xv)
+        r, k, v = self.project_rkv(xr, xk, xv)
         w_raw = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
         log_w = -_DECAY_SCALE * torch.sigmoid(w_raw.float())
         # Layer 0 is told apart by having no v_first yet, not by its index: a compiled block then serves every
