@@ -305,11 +305,8 @@ class Trainer:
         loss = self.s.engine.module.dense_loss(input_ids, labels, normalizer)
         params = self.s.trainable
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        used = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
-        for p, _ in used:
-            if p.grad is None:  # only outside a graph: GraphedStep gives every parameter one
-                p.grad = torch.zeros_like(p)
-        torch._foreach_add_([p.grad for p, _ in used], [g for _, g in used])
+        used = [(p.grad, g) for p, g in zip(params, grads, strict=True) if g is not None]  # GraphedStep made .grad
+        torch._foreach_add_([a for a, _ in used], [g for _, g in used])
         return loss.detach()
 
     def _eager_update(self, loss: float) -> float:
