@@ -93,29 +93,8 @@ def add_experiment_flags(ap) -> None:
                     help="an Inductor setting (torch._inductor.config.KEY, dotted for sub-configs) for the compiled "
                          "blocks, on top of the trainer's (rwkv_peft.model.compiled.INDUCTOR_OPTIONS: "
                          "combo_kernels=True), e.g. coordinate_descent_tuning=True, combo_kernels=False; repeatable")
-    ap.add_argument("--grouped-lora", action="store_true",
-                    help="RWKV-7 LoRA: the r, k, v adapters' products as two stacked bmms (see grouped_rkv)")
-
-
-def grouped_rkv(self, xr, xk, xv):
-    """Experiment (--grouped-lora), in place of `TimeMix.project_rkv`: the three LoRA layers' low-rank products as
-    one bmm each for A and B instead of six skinny GEMMs (gemm_bench: six LoRA-A products alone 31.2 us, stacked
-    9.9 us at 1.5B, 1024 tokens); the base products stay as they are. Falls back to the plain form for anything
-    but three LoRA layers without dropout under autocast (what the benches run)."""
-    from torch import nn
-
-    from rwkv_peft.adapters.lora import LoraLinear
-
-    mods = (self.receptance, self.key, self.value)
-    if not (all(type(m) is LoraLinear and isinstance(m.dropout, nn.Identity) for m in mods)
-            and torch.is_autocast_enabled(xr.device.type)):
-        return tuple(m(x) for m, x in zip(mods, (xr, xk, xv)))
-    xs = torch.stack((xr, xk, xv)).flatten(1, -2)                          # [3, B*T, C]
-    low = torch.bmm(torch.bmm(xs, torch.stack([m.lora_A for m in mods]).transpose(1, 2)),
-                    torch.stack([m.lora_B for m in mods]).transpose(1, 2))  # [3, B*T, C]
-    scaling = mods[0].config.scaling
-    return tuple((m.base_forward(x) + low[i].view(x.shape) * scaling).to(x.dtype)
-                 for i, (m, x) in enumerate(zip(mods, (xr, xk, xv))))
+    ap.add_argument("--wkv-chunk", type=int, choices=[16, 32, 64],
+                    help="fla's WKV-7 chunk size (rwkv_peft.ops.fla.WKV7_KERNEL; ours: 64)")
 
 
 def apply_experiment_flags(args) -> str:
@@ -148,10 +127,10 @@ def apply_experiment_flags(args) -> str:
             except (ValueError, SyntaxError):
                 value = text
             INDUCTOR_OPTIONS[key] = value  # the blocks' torch.compile options (they override the global config)
-    if args.grouped_lora:
-        from rwkv_peft.model.rwkv7 import TimeMix
+    if args.wkv_chunk:
+        from rwkv_peft.ops.fla import WKV7_KERNEL
 
-        TimeMix.project_rkv = grouped_rkv
+        WKV7_KERNEL["chunk_size"] = args.wkv_chunk
     settings = (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv),
-                ("inductor", " ".join(args.inductor)), ("grouped_lora", args.grouped_lora))
+                ("inductor", " ".join(args.inductor)), ("wkv_chunk", args.wkv_chunk))
     return ", ".join(f"{k}={v}" for k, v in settings if v not in (None, False, ""))
