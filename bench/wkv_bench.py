@@ -24,6 +24,8 @@ VARIANTS = {
     "safe64": SAFE64,
     "safe32": SAFE64 | dict(chunk_size=32),
     "safe64-norecompute": SAFE64 | dict(disable_recompute=True),
+    "safe32-norecompute": SAFE64 | dict(chunk_size=32, disable_recompute=True),
+    "safe16-norecompute": SAFE64 | dict(chunk_size=16, disable_recompute=True),
 }
 
 
