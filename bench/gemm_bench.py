@@ -1,6 +1,9 @@
 """The matrix products of one RWKV-7 LoRA training step at its own shapes, each timed alone: how far each runs from
 the bf16 matmul ceiling, and whether stacking the independent ones helps.
 
+Also the LoRA-A factor folded into the base product (bench/NOTES.md, next session's list): the forward as one
+product with N = C + r, the input gradient as one with K = C + r.
+
 Why: the trainer's step at 1.5B ctx 1024 spends ~14.4 ms in GEMMs against a 7.7 ms arithmetic floor (session 7's
 profile). Either the shapes themselves run slowly on their own (few output tiles at T = 1024: one wave of the
 GPU's 132 multiprocessors), and then stacking independent products (r, k, v; the LoRA factors) into one batched
@@ -56,6 +59,8 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
     a, b, xr = torch.randn(rank, C, **bf), torch.randn(C, rank, **bf), torch.randn(T, rank, **bf)
     a6, x6 = torch.randn(6, rank, C, **bf), torch.randn(6, T, C, **bf)
     head, chunk = torch.randn(V, C, **bf), torch.randn(256, C, **bf)
+    wa, dyh = torch.cat((w, a)), torch.randn(T, C + rank, **bf)  # LoRA A folded into the base weight
+    dy, dh = dyh[:, :C].contiguous(), dyh[:, C:].contiguous()
     mm = 2 * T * C * C
     return [
         ("C x C forward (r, k, v, output)", mm, lambda: F.linear(x, w)),
@@ -70,6 +75,10 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
         (f"LoRA B ({rank} -> C)", 2 * T * C * rank, lambda: F.linear(xr, b)),
         ("six LoRA A, one after another", 6 * 2 * T * C * rank, lambda: [F.linear(x6[i], a6[i]) for i in range(6)]),
         ("six LoRA A as one bmm", 6 * 2 * T * C * rank, lambda: torch.bmm(x6, a6.transpose(1, 2))),
+        ("C x C forward + LoRA A, two products", mm + 2 * T * C * rank, lambda: (F.linear(x, w), F.linear(x, a))),
+        (f"C x (C + {rank}) forward, LoRA A folded in", mm + 2 * T * C * rank, lambda: F.linear(x, wa)),
+        ("input gradient + LoRA's, two products", mm + 2 * T * C * rank, lambda: torch.addmm(dy @ w, dh, a)),
+        (f"input gradient, K = C + {rank}, one product", mm + 2 * T * C * rank, lambda: dyh @ wa),
         ("head, one 256-token loss chunk", 2 * 256 * C * V, lambda: F.linear(chunk, head)),
     ]
 
