@@ -126,3 +126,30 @@ def test_gradient_checkpointing_gives_the_same_gradients(version):
         # Block 0's v0/v1/v2 are unused by design and get no gradient.
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert rel_err(grads[1], grads[0]) < MODE_TOL and rel_err(grads[2], grads[0]) < MODE_TOL
+
+
+@pytest.mark.parametrize("value_residual", [True, False])
+def test_one_gemm_low_rank_products_equal_the_four(value_residual):
+    """RWKV-7's low-rank first products as one GEMM over [x, d] (what CUDA runs) equal the official four products of
+    the token-shift mixes, outputs and gradients; without the value residual (layer 0) v1 takes no part."""
+    from rwkv_peft.model.rwkv7 import TimeMix
+
+    model = model_from_state_dict(random_state_dict(tiny_config(7), seed=7, dtype=torch.float32))
+    att: TimeMix = model.blocks[1].att
+    g = torch.Generator().manual_seed(0)
+    x, d = torch.randn(2, 9, att.x_w.shape[-1], generator=g), torch.randn(2, 9, att.x_w.shape[-1], generator=g)
+    results = []
+    for one_gemm in (False, True):
+        att.zero_grad(set_to_none=True)
+        xs = [x.clone().requires_grad_(), d.clone().requires_grad_()]
+        outs = att.lowrank_hidden(*xs, value_residual=value_residual, one_gemm=one_gemm)
+        assert (outs[2] is None) != value_residual
+        live = [o for o in outs if o is not None]
+        sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i))).sum()
+            for i, o in enumerate(live)).backward()
+        grads = {n: p.grad for n, p in att.named_parameters() if p.grad is not None}
+        results.append(([o.detach() for o in live], [t.grad for t in xs], grads))
+    (a, ga, pa), (b, gb, pb) = results
+    assert pa.keys() == pb.keys() and ("v1" in pa) == value_residual
+    for u, v in zip(a + ga + list(pa.values()), b + gb + list(pb.values()), strict=True):
+        assert rel_err(v, u) < MODE_TOL

@@ -91,20 +91,29 @@ class TimeMix(nn.Module):
         time_state = getattr(self, "time_state", None)
         return None if time_state is None else time_state.float().expand(n, -1, -1, -1)
 
-    def lowrank_hidden(self, x: Tensor, d: Tensor) -> tuple[Tensor, ...]:
-        """The first products of the four low-rank paths, xw @ w1, xa @ a1, xv @ v1, xg @ g1, each [B, T, dim_*],
-        where x_m = x + d * mu_m is the path's token-shift mix (d: shift(x) - x, [B, T, C]).
+    def lowrank_hidden(self, x: Tensor, d: Tensor, value_residual: bool,
+                       one_gemm: bool | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """The first products of the low-rank paths, xw @ w1, xa @ a1, xv @ v1, xg @ g1, each [B, T, dim_*], where
+        x_m = x + d * mu_m is the path's token-shift mix (d: shift(x) - x, [B, T, C]). The value residual's (v1) only
+        if `value_residual` (every layer but the first), else None.
 
-        As one GEMM: x_m @ M = x @ M + d @ (mu_m^T * M), so all four are [x, d] @ [[w1 a1 v1 g1],
-        [mu_w*w1 mu_a*a1 mu_v*v1 mu_g*g1]], [B, T, 2C] x [2C, dim_w + dim_a + dim_v + dim_g] (1.5B: K 4096, N 512),
-        instead of four skinny products, and the mixes xw, xa, xg are never built: H100, 1.5B LoRA ctx 1024, the
-        trainer 29.59 -> 30.23 Kt/s in one run (bench/NOTES.md). Block 0 gets a v1 column block it does not use.
-        The weights' mixing in bf16 rounds differently from the official order, within bf16 tolerance."""
-        mats = (self.w1, self.a1, self.v1, self.g1)
-        mixes = (self.x_w, self.x_a, self.x_v, self.x_g)
-        weight = torch.cat((torch.cat(mats, 1), torch.cat([mu.view(-1, 1) * m for mu, m in zip(mixes, mats)], 1)))
-        hidden = torch.cat((x, d), -1) @ weight.to(x.dtype)
-        return hidden.split([m.shape[1] for m in mats], -1)
+        one_gemm (default: on CUDA) computes them as one product: x_m @ M = x @ M + d @ (mu_m^T * M), so all four
+        are [x, d] @ [[w1 a1 v1 g1], [mu_w*w1 mu_a*a1 mu_v*v1 mu_g*g1]], [B, T, 2C] x [2C, dim_w + dim_a + dim_v +
+        dim_g] (1.5B: K 4096, N 512), instead of four skinny, latency-bound ones, and the mixes xw, xa, xg are never
+        built: H100, 1.5B LoRA ctx 1024, the trainer 29.59 -> 30.23 Kt/s in one run (bench/NOTES.md). It does twice
+        the multiply-adds and rebuilds its weight on every call, which a CPU pays in full (1.5B, one token, 2 cores: 4.7
+        ms against 0.3 per layer), so the CPU keeps the four products. The mixed weights round differently in bf16
+        from the official order, within bf16 tolerance."""
+        paths = "wavg" if value_residual else "wag"
+        mats = [getattr(self, f"{p}1") for p in paths]
+        mixes = [getattr(self, f"x_{p}") for p in paths]
+        if x.is_cuda if one_gemm is None else one_gemm:
+            weight = torch.cat((torch.cat(mats, 1), torch.cat([mu.view(-1, 1) * m for mu, m in zip(mixes, mats)], 1)))
+            hidden = (torch.cat((x, d), -1) @ weight.to(x.dtype)).split([m.shape[1] for m in mats], -1)
+        else:
+            hidden = [(x + d * mu.to(x.dtype)) @ m for mu, m in zip(mixes, mats)]
+        by_path = dict(zip(paths, hidden))
+        return by_path["w"], by_path["a"], by_path.get("v"), by_path["g"]
 
     def forward(self, x: Tensor, v_first: Tensor | None, shift: Tensor | None, wkv_state: Tensor | None,
                 cu_seqlens: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -120,7 +129,7 @@ class TimeMix(nn.Module):
         xr, xk, xv = (x + d * c(m) for m in (self.x_r, self.x_k, self.x_v))
 
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
-        hw, ha, hv, hg = self.lowrank_hidden(x, d)
+        hw, ha, hv, hg = self.lowrank_hidden(x, d, value_residual=v_first is not None)
         w_raw = self.w0 + torch.tanh(hw) @ self.w2
         log_w = -_DECAY_SCALE * torch.sigmoid(w_raw.float())
         # Layer 0 is told apart by having no v_first yet, not by its index: a compiled block then serves every
