@@ -34,7 +34,7 @@ import torch
 from common import MODELS, add_experiment_flags, apply_experiment_flags, smi_used_gib, write_profile
 from torch import nn
 
-from rwkv_peft.adapters import AdapterSpec, apply_adapter, is_state_param
+from rwkv_peft.adapters import AdapterSpec, apply_adapter, fold_lora, is_state_param
 from rwkv_peft.adapters.spec import layer_config
 from rwkv_peft.model import RWKV7Config, model_from_state_dict
 from rwkv_peft.model.init import random_state_dict
@@ -101,6 +101,7 @@ def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: float, compile_: b
     cfg = RWKV7Config(n_layer=L, n_embd=C)
     model = model_from_state_dict(random_state_dict(cfg, seed=0, dtype=torch.bfloat16, device="cuda"), device="cuda")
     apply_adapter(model, METHODS[method]())
+    fold_lora(model)  # as the trainer does on a GPU
     model.train()
     model.backend, model.grad_cp, model.compile = "fla", grad_cp, compile_
     assert not model.head.weight.requires_grad

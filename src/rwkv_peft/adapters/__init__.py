@@ -11,7 +11,7 @@ For a training loop:
     load_adapter_weights(model, path)               # resume (after apply_adapter with the same spec)
 """
 
-from .apply import apply_adapter, mount_adapter, mount_state
+from .apply import apply_adapter, fold_lora, mount_adapter, mount_state
 from .base import AdapterLinear, adapter_layers, default_targets, resolve_targets
 from .flags import spec_from_flags
 from .io import (
@@ -32,7 +32,7 @@ from .spec import METHODS, AdapterSpec
 from .state import attach_state, is_state_param, split_state, state_tensors
 
 __all__ = ["METHODS", "AdapterSpec", "LoraConfig", "MissConfig", "AdapterLinear", "LoraLinear", "BoneLinear",
-           "BatLinear", "AdapterFile", "PARTS", "DEFAULT_PARTS", "spec_from_flags", "apply_adapter",
+           "BatLinear", "AdapterFile", "PARTS", "DEFAULT_PARTS", "spec_from_flags", "apply_adapter", "fold_lora",
            "trainable_parameters", "is_state_param", "save_adapter", "load_adapter_weights", "write_pissa_init",
            "read_pissa_init", "base_fingerprint", "base_info", "mount_adapter", "mount_state", "merge",
            "read_adapter", "check_against_base", "adapter_layers", "default_targets", "resolve_targets",

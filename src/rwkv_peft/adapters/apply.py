@@ -9,13 +9,15 @@ import os
 from dataclasses import replace
 from typing import Mapping
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ..model import read_checkpoint
+from . import fold
 from .base import adapter_layers, default_targets, inject, resolve_targets
 from .io import load_adapter_weights, read_pissa_init
-from .lora import LoraConfig
+from .lora import LoraConfig, LoraLinear
 from .parts import part_parameter_names
 from .reader import AdapterFile, check_against_base, read_adapter
 from .spec import AdapterSpec
@@ -52,6 +54,29 @@ def apply_adapter(model: nn.Module, spec: AdapterSpec,
         model.get_parameter(name).requires_grad_(True)
     if spec.load:
         load_adapter_weights(model, spec.load)
+
+
+def fold_lora(model: nn.Module) -> int:
+    """Run the model's LoRA / PiSSA layers with A inside the base product (fold.py); returns how many.
+
+    For training on a GPU, after the model reached its device (`.to()` would copy the base weights out of the
+    folded buffers). Left as they are: layers with dropout (the mask sits between x and A), quantized bases and
+    non-float weights.
+    """
+    layers = [m for m in adapter_layers(model).values()
+              if isinstance(m, LoraLinear) and m.folded is None and isinstance(m.dropout, nn.Identity)
+              and "base_forward" not in vars(m) and m.weight.is_floating_point()]
+    for group in {(m.weight.device, m.weight.dtype): None for m in layers}:
+        fold.fold([m for m in layers if (m.weight.device, m.weight.dtype) == group])
+    if any(m.weight.is_cuda for m in layers):
+        # The replaced weights' memory goes back to the driver: left in the caching allocator, it fragments
+        # (1.5B LoRA ctx 1024 on an H100: +1.5 GiB of reserved memory, the process peak 9.6 -> 11.1 GiB).
+        torch.cuda.empty_cache()
+    folded = model.__dict__.setdefault("_folded_lora", [])
+    if layers and not folded:
+        model.pass_hooks.append(lambda: fold.refresh(folded))
+    folded += layers
+    return len(layers)
 
 
 def mount_adapter(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[str, Tensor], base_name: str, *,

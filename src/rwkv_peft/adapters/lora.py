@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from .base import AdapterLinear
+from .fold import folded_forward
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class LoraLinear(AdapterLinear):
         r = config.r
         self.lora_A, self.lora_B = self.new_tensor("lora_A", r), self.new_tensor("lora_B", r)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.register_buffer("folded", None, persistent=False)  # fold.py: [out + r, in], base rows then A's
         if not config.pissa:
             if init is not None:
                 raise ValueError("initial factors are for PiSSA only")
@@ -124,6 +126,8 @@ class LoraLinear(AdapterLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in] -> [..., out]."""
+        if self.folded is not None:
+            return folded_forward(self, x)
         y = self.base_forward(x)
         # Under autocast the matmuls run in its dtype whatever x's, and a cast of x would be one more copy of the
         # layer's input kept for backward (the A gradient's), beside the one the layer before keeps.

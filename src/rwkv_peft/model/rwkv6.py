@@ -6,7 +6,7 @@ bonus `time_faaaa` [H, N] used as is; ln_x GroupNorm eps 64e-5; FFN with a sigmo
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -148,10 +148,15 @@ class RWKV6(nn.Module):
         self.backend = "auto"
         self.grad_cp = 0.0  # share of blocks recomputed in backward (compiled.py)
         self.compile = False  # torch.compile each block in training steps (compiled.py)
+        # Called with no arguments at the start of every pass, before the first block: adapters keep derived
+        # copies of what trains up to date there (adapters/fold.py).
+        self.pass_hooks: list[Callable[[], None]] = []
 
     def hidden(self, tokens: Tensor, state: RWKVState | None = None,
                cu_seqlens: Tensor | None = None) -> tuple[Tensor, RWKVState]:
         """tokens [B, T] -> (hidden after ln_out [B, T, C], state after the last token). See RWKV7.hidden."""
+        for hook in self.pass_hooks:
+            hook()
         e = embed(self.emb, tokens)
         x = self.blocks[0].ln0(e).to(e.dtype)
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1

@@ -13,7 +13,7 @@ decay = exp(-e^{-1/2} sigmoid(w0 + tanh(x w1) w2)) computed in fp32, and the WKV
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -207,6 +207,9 @@ class RWKV7(nn.Module):
         self.grad_cp = 0.0  # share of blocks recomputed in backward (compiled.py)
         # torch.compile each block (its elementwise work fused; the WKV kernel runs eagerly in between).
         self.compile = False
+        # Called with no arguments at the start of every pass, before the first block: adapters keep derived
+        # copies of what trains up to date there (adapters/fold.py).
+        self.pass_hooks: list[Callable[[], None]] = []
 
     def hidden(self, tokens: Tensor, state: RWKVState | None = None,
                cu_seqlens: Tensor | None = None) -> tuple[Tensor, RWKVState]:
@@ -216,6 +219,8 @@ class RWKV7(nn.Module):
         state None starts every sequence fresh (zeros, or the tuned time_state). With cu_seqlens (B = 1) each
         packed document starts fresh; the returned WKV states are then one per document.
         """
+        for hook in self.pass_hooks:
+            hook()
         e = embed(self.emb, tokens)
         x = self.blocks[0].ln0(e).to(e.dtype)
         n_seq = tokens.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1

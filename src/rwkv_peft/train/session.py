@@ -194,6 +194,9 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                         "--proj_dir for a new run")
     if resume is not None:
         adapters.load_adapter_weights(model, resume.trainable)
+    if device.type == "cuda" and strategy in ("single", "ddp"):
+        # LoRA's A inside the base product (adapters/fold.py): on the model's final device, before DDP copies it.
+        adapters.fold_lora(model)
 
     text_data = cfg.data.data_type != "binidx" or cfg.data.loss_mask == "qa"
     tokenizer = Tokenizer() if text_data or cfg.log.sample_prompts else None
