@@ -95,7 +95,7 @@ def flops_per_token(model: nn.Module, embedding: nn.Embedding) -> float:
     return 4 * sum(p.numel() for p in counted) + 2 * trainable
 
 
-def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: float, compile_: bool):
+def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: float, compile_: bool, op: str = "fla"):
     """Model, trainable parameters, loss_of(tokens, targets) and the embedding, for rwkv-peft."""
     L, C = MODELS[name]
     cfg = RWKV7Config(n_layer=L, n_embd=C)
@@ -103,7 +103,7 @@ def ours(name: str, method: str, ctx: int, bsz: int, grad_cp: float, compile_: b
     apply_adapter(model, METHODS[method]())
     fold_lora(model)  # as the trainer does on a GPU
     model.train()
-    model.backend, model.grad_cp, model.compile = "fla", grad_cp, compile_
+    model.backend, model.grad_cp, model.compile = op, grad_cp, compile_
     assert not model.head.weight.requires_grad
 
     normalizer = torch.tensor(float(bsz * ctx), device="cuda")
@@ -256,6 +256,7 @@ def main() -> None:
                     "trainer's --grad_cp); auto: all of them from 16K tokens per step, else none")
     ap.add_argument("--modes", default="eager", help="comma-separated: eager, graph (the whole step in a CUDA "
                     "graph), compile (torch.compile each block; ours only), compile+graph")
+    ap.add_argument("--op", default="fla", help="our WKV backend (fla; wind: wind_rwkv's CUDA kernel)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--profile", type=Path, help="write a kernel profile of each row into this folder")
@@ -282,8 +283,9 @@ def main() -> None:
             for method, mode in jobs:
                 compile_ = "compile" in mode
                 build = partial(peer, name, ctx, bsz, cp) if method == PEER else partial(
-                    ours, name, method, ctx, bsz, cp, compile_)
-                row = Row(name, method, ctx, bsz, cp, compile_, "graph" in mode, note=experiments)
+                    ours, name, method, ctx, bsz, cp, compile_, args.op)
+                note = ", ".join(filter(None, [experiments, f"--op {args.op}" if args.op != "fla" else ""]))
+                row = Row(name, method, ctx, bsz, cp, compile_, "graph" in mode, note=note)
                 torch._dynamo.reset()
                 try:
                     row = measure(row, build, args.warmup, args.steps, tflops, args.profile)

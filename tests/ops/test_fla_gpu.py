@@ -14,6 +14,7 @@ from rwkv_peft.model import model_from_state_dict
 from rwkv_peft.model.init import random_state_dict
 from rwkv_peft.ops import fla as fla_backend
 from rwkv_peft.ops import registry, wkv6, wkv7
+from rwkv_peft.ops import wind as wind_backend
 from tests.conftest import rel_err, tiny_config
 
 # bf16 keeps 8 significant bits (unit roundoff 2^-9 ~ 2e-3). fla rounds its inputs, its chunk-level
@@ -137,15 +138,19 @@ def test_fla_shared_state_expands():
 
 @gpu
 @needs_fla
-def test_model_loss_and_state_grad_equal_across_backends():
+@pytest.mark.parametrize("other", ["fla", "wind"])
+def test_model_loss_and_state_grad_equal_across_backends(other):
     """A random 2-layer RWKV-7 in bf16 with a tuned state: loss, logits and the state's gradient agree."""
+    if other == "wind" and not wind_backend.installed():
+        pytest.skip("wind_rwkv not installed")
     cfg = tiny_config(7, n_layer=2, n_embd=256, vocab_size=1000)
     sd = random_state_dict(cfg, seed=3, dtype=torch.bfloat16)
-    tokens = torch.randint(0, cfg.vocab_size, (2, 200), generator=torch.Generator().manual_seed(4)).cuda()
+    # 208 tokens: a multiple of 16, so that wind's kernel runs (not its fallback).
+    tokens = torch.randint(0, cfg.vocab_size, (2, 208), generator=torch.Generator().manual_seed(4)).cuda()
     g = torch.Generator().manual_seed(5)
     time_state = torch.randn(cfg.n_layer, cfg.n_head, cfg.head_size, cfg.head_size, generator=g) * 0.3
     results = {}
-    for backend in ("torch", "fla"):
+    for backend in ("torch", other):
         model = model_from_state_dict(sd, device="cuda")
         model.backend = backend
         model.requires_grad_(False)
@@ -157,7 +162,7 @@ def test_model_loss_and_state_grad_equal_across_backends():
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
         loss.backward()
         results[backend] = loss.item(), logits.float(), torch.stack([s.grad for s in states])
-    (loss_t, logits_t, grad_t), (loss_f, logits_f, grad_f) = results["torch"], results["fla"]
+    (loss_t, logits_t, grad_t), (loss_f, logits_f, grad_f) = results["torch"], results[other]
     assert abs(loss_f - loss_t) / loss_t < BF16_TOL
     assert rel_err(logits_f, logits_t) < BF16_TOL
     assert rel_err(grad_f, grad_t) < BF16_TOL

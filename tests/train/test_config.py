@@ -81,6 +81,12 @@ def test_unsupported_requests_are_errors(base, data, tmp_path):
     run = run_cli(*train_args(base, data, tmp_path, "--num_nodes", "2"))
     assert run.rc == 2 and "torchrun --nnodes 2" in run.err, run.err
     assert "WKV backends" in run_cli(*train_args(base, data, tmp_path, "--op", "cuda_magic")).err
+
+
+def test_rwkv_peft_operator_names_run(base, data, tmp_path):
+    """RWKV-PEFT's scripts pass --op cuda (its default) or triton: they run as auto (here on the CPU: torch)."""
+    run = run_cli(*train_args(base, data, tmp_path, "--op", "cuda", "--max_steps", "1"))
+    assert run.rc == 0, run.err
     for flag in (["--wandb", "my-project"], ["--tensorboard"]):
         run = run_cli(*train_args(base, data, tmp_path, *flag, "--max_steps", "1"))
         assert run.rc == 2 and "pip install 'rwkv-peft[log]'" in run.err, run.err

@@ -9,7 +9,7 @@ returned, so nothing leaks between documents.
 import torch
 from torch import Tensor
 
-from . import fla, registry
+from . import fla, registry, wind
 from .relu_squared import relu_squared
 from .token_shift import token_shift
 from .wkv6 import wkv6_chunked, wkv6_recurrent
@@ -22,6 +22,9 @@ registry.register("wkv6", "torch", wkv6_chunked, _always)
 # fla's Triton kernels win on CUDA whenever fla is installed ("auto" picks them there).
 registry.register("wkv7", "fla", fla.wkv7_fla, fla.available, priority=10, unavailable_reason=fla.unavailable_reason)
 registry.register("wkv6", "fla", fla.wkv6_fla, fla.available, priority=10, unavailable_reason=fla.unavailable_reason)
+# wind_rwkv's CUDA kernel: faster than fla only with many sequences per step (wind.py), so never picked by "auto".
+registry.register("wkv7", "wind", wind.wkv7_wind, wind.available, priority=-1,
+                  unavailable_reason=wind.unavailable_reason)
 
 
 def _per_document(fn, cu_seqlens: Tensor, state: Tensor | None, seq_args: tuple, extra: tuple = ()):

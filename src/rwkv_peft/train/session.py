@@ -107,10 +107,12 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
         raise UserError(f"--my_testing {m.my_testing} but {m.load_model} is an RWKV-{mc.version} "
                         f"(x0{mc.version}0) model; drop the flag (the version is read from the checkpoint)")
     known = registry.backends(f"wkv{mc.version}")
-    if m.op not in ("auto", *known):
+    # RWKV-PEFT's scripts say --op cuda (its default) or triton: its own kernels, whose job "auto" does here.
+    op = "auto" if m.op in ("cuda", "triton") else m.op
+    if op not in ("auto", *known):
         raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
                         "drop --op to pick the best available")
-    model.backend, model.grad_cp = m.op, m.grad_cp
+    model.backend, model.grad_cp = op, m.grad_cp
     return model
 
 
@@ -133,7 +135,8 @@ def _speedups(cfg: TrainConfig, device: torch.device, precision: Precision, chun
         ("--precision fp16 rescales the loss between steps", precision.name == "fp16"),
         ("infctx training runs each sample in chunks", bool(chunk_ctx)),
         ("--dataload pack changes the document boundaries every step", cfg.data.dataload == "pack"),
-        ("several processes synchronize gradients through DDP hooks", dist.world_size > 1)) if blocked]
+        ("several processes synchronize gradients through DDP hooks", dist.world_size > 1),
+        ("--op wind launches its kernels outside the stream a graph records", m.op == "wind")) if blocked]
     if m.cuda_graph == "1" and blockers:
         raise UserError(f"--cuda_graph 1 is not possible here: {'; '.join(blockers)}; use --cuda_graph auto")
     return compile_, m.cuda_graph != "0" and not blockers
