@@ -10,8 +10,8 @@ autocast). What it saves is two skinny r-wide products per layer and step: x A^T
 
 Storage: the base weight lives in the first `out` rows of a [out + r, in] buffer (`weight` becomes a view of them,
 so the base costs no extra memory), A's rows after them and a copy of B beside, both in the base's dtype. The fp32
-masters stay the trainable parameters; a forward pre-hook on the model copies them into the low-precision rows
-before every forward, so whatever changed them (the optimizer, a resume) is seen by the next step.
+masters stay the trainable parameters; a hook at the start of every pass of the model (`model.pass_hooks`) copies
+them into the low-precision rows, so whatever changed them (the optimizer, a resume) is seen by the next pass.
 """
 
 import torch

@@ -10,10 +10,12 @@ order and keeps only each chunk's start state for backward, so its speed grows w
     B=8, T=4096, H=32 (1.5B at ctx 4096 x 8)                            8.91 ms            6.06 ms
 
 So "auto" keeps fla; wind is for many sequences per step, and without CUDA graphs: its kernels run on the default
-stream, not torch's current one, so a graph capture would not record them (refused here). Translations at the boundary: its decay input is
-log(-log w) (RWKV-7's own w before the exp(-exp(.))), its state is ours in bf16 (an fp32 initial state, a tuned
-one included, is rounded to bf16 on the way in, and its gradient comes back from bf16). What the kernel cannot
-take (packed documents, T not a multiple of 16: prompts in generation) goes to fla, or to torch without fla.
+stream, not torch's current one, so a graph capture would not record them (refused here).
+
+Translations at the boundary: its decay input is log(-log w) (RWKV-7's own w before the exp(-exp(.))), its state
+is ours in bf16 (an fp32 initial state, a tuned one included, is rounded to bf16 on the way in, and its gradient
+comes back from bf16). What the kernel cannot take (packed documents, T not a multiple of 16: prompts in
+generation) goes to fla, or to torch without fla.
 """
 
 import importlib.util
@@ -66,7 +68,7 @@ class _ContiguousGrad(torch.autograd.Function):
 def wkv7_wind(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
               cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Shapes as `wkv7_recurrent`: r, log_w, k, v, a, b [B, T, H, N]; state [B or 1, H, N, N] fp32 or None.
-    Returns y [B, T, H, N] in bf16 and the final state [B, H, N, N] fp32."""
+    Returns y [B, T, H, N] in r's dtype and the final state [B, H, N, N] fp32."""
     B, T, H, N = r.shape
     if cu_seqlens is not None or T % 16:
         other = fla.wkv7_fla if fla.available(r.device) else wkv7_chunked
