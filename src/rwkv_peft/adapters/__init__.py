@@ -6,6 +6,7 @@ For a training loop:
     spec = spec_from_flags(args)                    # --peft / --peft_config / --lora_config / --train_type ...
     apply_adapter(model, spec)                      # wrap, freeze the base, mark what trains
     if spec.method == "pissa": write_pissa_init(model, proj_dir)
+    fold_lora(model)                                # on a GPU, after model.to(device): faster LoRA/PiSSA
     params = trainable_parameters(model)            # {name: Parameter}; is_state_param(name) -> own lr
     save_adapter(model, spec, proj_dir, epoch, base_path)
     load_adapter_weights(model, path)               # resume (after apply_adapter with the same spec)
