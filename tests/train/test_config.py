@@ -83,6 +83,12 @@ def test_unsupported_requests_are_errors(base, data, tmp_path):
     assert "WKV backends" in run_cli(*train_args(base, data, tmp_path, "--op", "cuda_magic")).err
 
 
+def test_a_backend_that_cannot_run_here_fails_before_training(base, data, tmp_path):
+    run = run_cli(*train_args(base, data, tmp_path, "--op", "wind", "--max_steps", "1"))
+    assert run.rc == 2 and "backend 'wind' for wkv7: it needs a CUDA device" in run.err, run.err
+    assert "schedule:" not in run.err + run.out
+
+
 def test_rwkv_peft_operator_names_run(base, data, tmp_path):
     """RWKV-PEFT's scripts pass --op cuda (its default) or triton: they run as auto (here on the CPU: torch)."""
     run = run_cli(*train_args(base, data, tmp_path, "--op", "cuda", "--max_steps", "1"))

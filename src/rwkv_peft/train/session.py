@@ -167,6 +167,8 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     check_supported(strategy, infctx=infctx, state=spec.state, quant=spec.quant, precision=precision.name)
     # FSDP: built on the CPU, each unit moves to the GPU as it is sharded (the base need not fit one GPU).
     model = _load_base(cfg, torch.device("cpu") if strategy == "fsdp" else device, precision)
+    if model.backend != "auto":  # a named WKV backend that cannot run here fails now, not at the first step
+        registry.resolve(f"wkv{model.config.version}", model.backend, device)
     model.compile, cuda_graph = _speedups(cfg, device, precision, chunk_ctx, dist, strategy)
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
