@@ -1,7 +1,7 @@
 """The opt-in wind backend (wind_rwkv's CUDA kernel) against the torch reference on a GPU, as test_fla_gpu.py
 checks fla: outputs, final state and every gradient, the initial state's included; the lengths and packing it
-cannot take go to fla (the whole model's loss and tuned-state gradient: test_fla_gpu.py); and, on any machine,
-that only --op wind picks it."""
+cannot take go to what auto picks (the whole model's loss and tuned-state gradient: test_fla_gpu.py). On any
+machine: only --op wind picks it, and its fallback."""
 
 import pytest
 import torch
@@ -49,3 +49,15 @@ def test_explicit_wind_without_wind_says_how_to_install(monkeypatch):
         registry.resolve("wkv7", "wind", torch.device("cuda"))
     with pytest.raises(UserError, match="unknown backend 'wind' for wkv6"):
         registry.resolve("wkv6", "wind", torch.device("cuda"))
+
+
+def test_what_the_kernel_cannot_take_goes_to_auto():
+    """T % 16 != 0 and packed rows run through what auto picks (here on the CPU: torch), without wind_rwkv."""
+    g = torch.Generator().manual_seed(0)
+    r, k, v, kk = (torch.randn(1, 7, 2, 8, generator=g) for _ in range(4))
+    log_w = -0.6 * torch.rand(1, 7, 2, 8, generator=g)
+    a = -torch.nn.functional.normalize(kk, dim=-1)
+    args = (r, log_w, k, v, a, -a * 0.5)
+    for cu in (None, torch.tensor([0, 3, 7])):
+        got, want = wind.wkv7_wind(*args, cu_seqlens=cu), wkv7(*args, cu_seqlens=cu, backend="torch")
+        assert all(torch.equal(x, y) for x, y in zip(got, want))

@@ -15,7 +15,7 @@ stream, not torch's current one, so a graph capture would not record them (refus
 Translations at the boundary: its decay input is log(-log w) (RWKV-7's own w before the exp(-exp(.))), its state
 is ours in bf16 (an fp32 initial state, a tuned one included, is rounded to bf16 on the way in, and its gradient
 comes back from bf16). What the kernel cannot take (packed documents, T not a multiple of 16: prompts in
-generation) goes to fla, or to torch without fla.
+generation) goes to what "auto" picks: fla, or torch without fla.
 """
 
 import importlib.util
@@ -25,8 +25,6 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import fla
-from .wkv7 import wkv7_chunked
 
 
 @cache
@@ -71,9 +69,9 @@ def wkv7_wind(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tens
     Returns y [B, T, H, N] in r's dtype and the final state [B, H, N, N] fp32."""
     B, T, H, N = r.shape
     if cu_seqlens is not None or T % 16:
-        other = fla.wkv7_fla if fla.available(r.device) else wkv7_chunked
-        return other(r, log_w, k, v, a, b, state=state, **({"cu_seqlens": cu_seqlens} if cu_seqlens is not None
-                                                            else {}))
+        from . import wkv7  # what auto picks here (fla, or torch per document); imported late: ops imports us
+
+        return wkv7(r, log_w, k, v, a, b, state, cu_seqlens=cu_seqlens, backend="auto")
     stream = torch.cuda.current_stream(r.device)
     if torch.cuda.is_current_stream_capturing() or stream != torch.cuda.default_stream(r.device):
         # Its kernels go to the default stream whatever torch's current one is: inside a graph capture they would
