@@ -107,8 +107,9 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
         raise UserError(f"--my_testing {m.my_testing} but {m.load_model} is an RWKV-{mc.version} "
                         f"(x0{mc.version}0) model; drop the flag (the version is read from the checkpoint)")
     known = registry.backends(f"wkv{mc.version}")
-    # RWKV-PEFT's scripts say --op cuda (its default) or triton: its own kernels, whose job "auto" does here.
-    op = "auto" if m.op in ("cuda", "triton") else m.op
+    # RWKV-PEFT's scripts say --op cuda (its default) or triton: its own kernels, whose job "auto" does here
+    # (unless this install registers a backend of that name).
+    op = "auto" if m.op in ("cuda", "triton") and m.op not in known else m.op
     if op not in ("auto", *known):
         raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
                         "drop --op to pick the best available")
