@@ -138,7 +138,7 @@ def test_fla_shared_state_expands():
 
 @gpu
 @needs_fla
-@pytest.mark.parametrize("other", ["fla", "wind"])
+@pytest.mark.parametrize("other", ["fla", "wind", "triton"])
 def test_model_loss_and_state_grad_equal_across_backends(other):
     """A random 2-layer RWKV-7 in bf16 with a tuned state: loss, logits and the state's gradient agree."""
     if other == "wind" and not wind_backend.installed():

@@ -9,7 +9,7 @@ returned, so nothing leaks between documents.
 import torch
 from torch import Tensor
 
-from . import fla, registry, wind
+from . import fla, registry, wind, wkv7_triton
 from .relu_squared import relu_squared
 from .token_shift import token_shift
 from .wkv6 import wkv6_chunked, wkv6_recurrent
@@ -25,6 +25,9 @@ registry.register("wkv6", "fla", fla.wkv6_fla, fla.available, priority=10, unava
 # wind_rwkv's CUDA kernel: faster than fla only with many sequences per step (wind.py), so never picked by "auto".
 registry.register("wkv7", "wind", wind.wkv7_wind, wind.available, priority=-1,
                   unavailable_reason=wind.unavailable_reason)
+# This project's own Triton kernels (wkv7_triton.py): opt-in until measured against fla.
+registry.register("wkv7", "triton", wkv7_triton.wkv7_triton, wkv7_triton.available, priority=-1,
+                  unavailable_reason=wkv7_triton.unavailable_reason)
 
 
 def _per_document(fn, cu_seqlens: Tensor, state: Tensor | None, seq_args: tuple, extra: tuple = ()):

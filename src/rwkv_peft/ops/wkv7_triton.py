@@ -1,0 +1,360 @@
+"""The "triton" backend: WKV-7 in chunks, with this project's own Triton kernels.
+
+Why another kernel when fla has one: at the shapes fine-tuning runs (1.5B at ctx 1024: B x H = 32 heads of one
+sequence) fla's dozen kernels per layer are latency-bound, and fla keeps ~66 MB of intermediates per layer per 1K
+tokens for its backward. These kernels keep only each chunk's start state, and the sequential walks over the
+chunks split every head's value rows over several programs (the rows of S never mix), so even one sequence
+fills more of the GPU. They launch on torch's current stream, so CUDA graphs capture them.
+
+The math, per head and chunk of C tokens (shapes [C, N] unless noted; S is [N(value), N(key)]; the same
+function as `wkv7_chunked`, whose docstring derives it). With g = cumsum(log w) inside the chunk, g' = g - log w
+(the decay before token t), gC = g of the last token:
+
+    M_xy[t, s] = sum_j x_t[j] y_s[j] exp(g_x,t[j] - g_s[j]),  kept for s <= t (rb, rk) or s < t (ab, ak)
+    L = I - M_ab                                   (unit lower triangular; inverted by repeated squaring)
+    SA = L^-1 (a e^g' S0^T + M_ak V)               [C, N(value)]: the S_{t-1} a_t^T terms
+    Y  = r e^g S0^T + M_rb SA + M_rk V
+    S1 = S0 e^gC + SA^T (b e^{gC-g}) + V^T (k e^{gC-g})
+
+M is computed as one product of decayed factors, (x e^{g_x - gC/2}) (y e^{gC/2 - g})^T: the exponents stay within
+|gC| / 2, which RWKV-7's bound log w >= -e^{-1/2} keeps finite for chunks up to 64 (the same bound fla's
+`safe_gate` path assumes; anything that is not RWKV-7's decay must use another backend).
+
+Three kernels:
+- forward: per (head, block of value rows), walks the chunks: stores Y and each chunk's start state S0;
+- backward, sequential: per (head, block of value rows), walks back: dS0 = dY^T r e^g + dS1 e^gC + drhs^T a e^g'
+  with drhs = L^-T (M_rb^T dY + b e^{gC-g} dS1^T); stores each chunk's end-state gradient dS1 and returns dS0 of
+  the first chunk (the initial state's gradient, what State tuning trains);
+- backward, per chunk (all chunks in parallel): from S0, dS1 and dY it recomputes the chunk and forms every
+  input's gradient (written out where it is computed, in the kernel's comments).
+
+Measured on an H100 (bench/results/2026-11-24-h100-session10.md), GPU time per layer, forward + backward:
+0.399 ms at B=1, T=1024, H=32 (fla: 0.383) and 9.68 ms at B=8, T=4096 (fla: 8.91); in the trainer at 1.5B LoRA
+ctx 1024, -1.2 GiB for -1% of speed. Hence opt-in (`--op triton`); "auto" keeps fla.
+"""
+
+import importlib.util
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it (then this backend is unavailable).
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only without Triton
+    triton = None
+
+# RWKV-7's log decay is -e^{-1/2} sigmoid(.): the kernels' exponents are bounded by this (module docstring).
+LOG_DECAY_BOUND = -0.6065306597126334
+CHUNK = 32          # tokens per chunk: 16 or 32 (at 64 the per-chunk backward needs more shared memory than an H100)
+VALUE_BLOCK = 16    # value rows per program in the sequential kernels
+WARPS = dict(prep=4, fwd=4, state=4, chunk=8)  # per kernel
+STAGES = 3          # software pipelining of the walks' loads
+# bf16 operands in the products of the parallel kernels (L's inverse stays fp32): per-chunk backward, prep.
+# Measured (bench/wkv_bench.py, H100): -5% and -10% of the kernels' time at ctx 1024 and 4096 x 8, errors against
+# the fp32 reference of y 3.3e-3 and of the gradients 8.2e-3 (fla: 2.5e-3 and 3.5e-3; all fp32: 2.0e-3, 3.0e-3).
+LOW_PRECISION = dict(chunk=True, prep=True)
+
+
+@cache
+def installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def available(device: torch.device) -> bool:
+    return device.type == "cuda" and installed()
+
+
+def unavailable_reason(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"it needs a CUDA device (tensors are on {device})"
+    return "Triton is not installed (it comes with CUDA builds of torch)"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tril_inverse(M, C: tl.constexpr, LOG_C: tl.constexpr):
+        """(I - M)^-1 for strictly lower triangular M [C, C]: (I + M)(I + M^2)(I + M^4)..., M^C = 0."""
+        rows = tl.arange(0, C)
+        X = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0) + M
+        P = M
+        for _ in tl.static_range(LOG_C - 1):  # C = 2^n needs n factors; the first is already in X
+            P = tl.dot(P, P)
+            X = X + tl.dot(X, P)
+        return X
+
+    @triton.jit
+    def _mm(x, y, LOWP: tl.constexpr):
+        """x @ y in fp32; LOWP rounds both operands to bf16 first (the tensor cores' fast path)."""
+        if LOWP:
+            return tl.dot(x.to(tl.bfloat16), y.to(tl.bfloat16))
+        return tl.dot(x, y)
+
+    @triton.jit
+    def _load_chunk(ptr, c, T, rows, cols, ib, ih, H: tl.constexpr, N: tl.constexpr, C: tl.constexpr):
+        """Tokens c*C .. c*C+C-1 of one (sequence, head) of a [B, T, H, N] tensor, columns `cols`, as fp32;
+        rows past T read as 0 (log w = 0, k = v = a = b = 0: such a token leaves the state unchanged)."""
+        t = c * C + rows
+        offs = ((ib * T + t) * H + ih)[:, None] * N + cols[None, :]
+        return tl.load(ptr + offs, mask=(t < T)[:, None], other=0.0).to(tl.float32), offs, (t < T)[:, None]
+
+    @triton.jit
+    def _decays(lw, C: tl.constexpr):
+        """Cumulative log decays of a chunk: g (inclusive), g' = g - log w, gC (the chunk's total), and the
+        centre gC / 2 that keeps the factored exponents small."""
+        g = tl.cumsum(lw, axis=0)
+        gC = tl.sum(lw, axis=0)
+        return g, g - lw, gC, gC * 0.5
+
+    @triton.jit
+    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, T, NT,
+                     H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr, FWD: tl.constexpr,
+                     LOWP: tl.constexpr):
+        """Grid (NT, B * H): everything of a chunk that does not depend on its start state S0, so that the walks
+        over the chunks do one small product per chunk on their critical path:
+            S1 = S0 A + Sv,   Y = Q S0^T + Yv                     (forward)
+            dS0 = dS1 A^T + dY^T Q                                (backward)
+        With W = L^-1 (a e^g'), SAv = L^-1 M_ak V (so that SA = W S0^T + SAv) and the end decays
+        b_d = b e^{gC-g}, k_d = k e^{gC-g}:
+            A = diag(e^gC) + W^T b_d,   Sv = SAv^T b_d + V^T k_d,   Q = r e^g + M_rb W,   Yv = M_rb SAv + M_rk V.
+        Outputs fp32: trans (A) and sv [B * H, NT, N, N]; q and yv [B * H, NT, C, N]. FWD=False: A and Q only.
+        LOWP: bf16 operands in every product but L's inverse."""
+        c, bh = tl.program_id(0), tl.program_id(1)
+        ib, ih = bh // H, bh % H
+        rows, cols = tl.arange(0, C), tl.arange(0, N)
+        incl = rows[:, None] >= rows[None, :]
+        strict = rows[:, None] > rows[None, :]
+        r, _, _ = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        g, gp, gC, h = _decays(lw, C)
+        r_c = r * tl.exp(g - h[None, :])
+        a_c = a * tl.exp(gp - h[None, :])
+        b_c = tl.trans(b * tl.exp(h[None, :] - g))
+        M_rb = tl.where(incl, _mm(r_c, b_c, LOWP), 0.0)
+        Linv = _tril_inverse(tl.where(strict, _mm(a_c, b_c, LOWP), 0.0), C, LOG_C)
+        W = _mm(Linv, a * tl.exp(gp), LOWP)
+        tail = tl.exp(gC[None, :] - g)
+        b_d = b * tail
+        diag = cols[:, None] == cols[None, :]
+        state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
+        tl.store(trans_ptr + state_offs, tl.where(diag, tl.exp(gC)[None, :], 0.0) + _mm(tl.trans(W), b_d, LOWP))
+        offs = (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]
+        tl.store(q_ptr + offs, r * tl.exp(g) + _mm(M_rb, W, LOWP))
+        if FWD:
+            k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
+            v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
+            k_c = tl.trans(k * tl.exp(h[None, :] - g))
+            M_rk = tl.where(incl, _mm(r_c, k_c, LOWP), 0.0)
+            M_ak = tl.where(strict, _mm(a_c, k_c, LOWP), 0.0)
+            SAv = _mm(Linv, _mm(M_ak, v, LOWP), LOWP)
+            tl.store(sv_ptr + state_offs, _mm(tl.trans(SAv), b_d, LOWP) + _mm(tl.trans(v), k * tail, LOWP))
+            tl.store(yv_ptr + offs, _mm(M_rb, SAv, LOWP) + _mm(M_rk, v, LOWP))
+
+    @triton.jit
+    def _fwd_kernel(v_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
+                    H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
+        """Grid (N // BV, B * H): the walk over the chunks, value rows vcols of one head:
+        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] fp32 get each chunk's start
+        state; sT the final one."""
+        iv, bh = tl.program_id(0), tl.program_id(1)
+        ib, ih = bh // H, bh % H
+        rows, cols = tl.arange(0, C), tl.arange(0, N)
+        vcols = iv * BV + tl.arange(0, BV)
+        state_offs = vcols[:, None] * N + cols[None, :]          # [BV, N] inside one N x N state
+        if HAS_S0:
+            S = tl.load(s0_ptr + bh * N * N + state_offs)
+        else:
+            S = tl.zeros([BV, N], dtype=tl.float32)
+        for c in range(NT):
+            chunk_states = (bh * NT + c) * N * N
+            tl.store(states_ptr + chunk_states + state_offs, S)
+            A = tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :])
+            Sv = tl.load(sv_ptr + chunk_states + state_offs)
+            prep = (bh * NT + c) * C * N + rows[:, None] * N
+            Q = tl.load(q_ptr + prep + cols[None, :])
+            Yv = tl.load(yv_ptr + prep + vcols[None, :])
+            t = c * C + rows
+            y_offs = ((ib * T + t) * H + ih)[:, None] * N + vcols[None, :]
+            y = tl.dot(Q, tl.trans(S)) + Yv
+            tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=(t < T)[:, None])
+            S = tl.dot(S, A) + Sv
+        tl.store(sT_ptr + bh * N * N + state_offs, S)
+
+    @triton.jit
+    def _bwd_state_kernel(trans_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
+                          H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
+                          HAS_DST: tl.constexpr):
+        """Grid (N // BV, B * H): the walk back, dS0 = dS1 A^T + dY^T Q (`_prep_kernel`). dstates
+        [B, H, NT, N, N] gets the gradient of each chunk's end state; ds0 the initial state's."""
+        iv, bh = tl.program_id(0), tl.program_id(1)
+        ib, ih = bh // H, bh % H
+        rows, cols = tl.arange(0, C), tl.arange(0, N)
+        vcols = iv * BV + tl.arange(0, BV)
+        state_offs = vcols[:, None] * N + cols[None, :]
+        if HAS_DST:
+            dS = tl.load(dsT_ptr + bh * N * N + state_offs)
+        else:
+            dS = tl.zeros([BV, N], dtype=tl.float32)
+        for i in range(NT):
+            c = NT - 1 - i
+            chunk_states = (bh * NT + c) * N * N
+            tl.store(dstates_ptr + chunk_states + state_offs, dS)
+            At = tl.load(trans_ptr + chunk_states + cols[None, :] * N + cols[:, None])   # A^T
+            Q = tl.load(q_ptr + (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :])
+            dy, _, _ = _load_chunk(dy_ptr, c, T, rows, vcols, ib, ih, H, N, C)
+            dS = tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
+        tl.store(ds0_ptr + bh * N * N + state_offs, dS)
+
+    @triton.jit
+    def _bwd_chunk_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
+                          dr_ptr, dlw_ptr, dk_ptr, dv_ptr, da_ptr, db_ptr, T, NT,
+                          H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
+                          LOWP: tl.constexpr):
+        """Grid (NT, B * H): one chunk of one head, all N value rows. From S0, dS1 and dY it recomputes the chunk
+        (M, L^-1, SA) and goes back through Y = r_d S0^T + M_rb SA + M_rk V, S1 = S0 e^gC + SA^T b_d + V^T k_d and
+        SA = L^-1 (a_d S0^T + M_ak V) to every input (subscripts: _c centred factors of M, _d chunk-wide decays)."""
+        c, bh = tl.program_id(0), tl.program_id(1)
+        ib, ih = bh // H, bh % H
+        rows, cols = tl.arange(0, C), tl.arange(0, N)
+        incl = rows[:, None] >= rows[None, :]
+        strict = rows[:, None] > rows[None, :]
+        state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
+        S0 = tl.load(states_ptr + state_offs)                     # [N(value), N(key)]
+        dS1 = tl.load(dstates_ptr + state_offs)
+        r, offs, mask = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        dy, _, _ = _load_chunk(dy_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        g, gp, gC, h = _decays(lw, C)
+        # The forward again: the factored decays (x_c rows, y_c columns), the chunk-wide ones, M, SA.
+        r_c, a_c = r * tl.exp(g - h[None, :]), a * tl.exp(gp - h[None, :])
+        b_c, k_c = b * tl.exp(h[None, :] - g), k * tl.exp(h[None, :] - g)
+        r_d, a_d = r * tl.exp(g), a * tl.exp(gp)
+        tail = tl.exp(gC[None, :] - g)
+        b_d, k_d = b * tail, k * tail
+        D = tl.exp(gC)
+        M_rb = tl.where(incl, _mm(r_c, tl.trans(b_c), LOWP), 0.0)
+        M_rk = tl.where(incl, _mm(r_c, tl.trans(k_c), LOWP), 0.0)
+        M_ab = tl.where(strict, _mm(a_c, tl.trans(b_c), LOWP), 0.0)
+        M_ak = tl.where(strict, _mm(a_c, tl.trans(k_c), LOWP), 0.0)
+        Linv = _tril_inverse(M_ab, C, LOG_C)
+        SA = _mm(Linv, _mm(a_d, tl.trans(S0), LOWP) + _mm(M_ak, v, LOWP), LOWP)           # [C, N(value)]
+        # Backward through S1 = S0 D + SA^T b_d + V^T k_d and Y = r_d S0^T + M_rb SA + M_rk V.
+        dS1t = tl.trans(dS1)
+        dSA = _mm(tl.trans(M_rb), dy, LOWP) + _mm(b_d, dS1t, LOWP)
+        drhs = _mm(tl.trans(Linv), dSA, LOWP)                        # through SA = L^-1 rhs
+        dv = _mm(tl.trans(M_rk), dy, LOWP) + _mm(k_d, dS1t, LOWP) + _mm(tl.trans(M_ak), drhs, LOWP)
+        dM_rb = tl.where(incl, _mm(dy, tl.trans(SA), LOWP), 0.0)
+        dM_rk = tl.where(incl, _mm(dy, tl.trans(v), LOWP), 0.0)
+        dM_ab = tl.where(strict, _mm(drhs, tl.trans(SA), LOWP), 0.0)  # L = I - M_ab: dM_ab = +drhs SA^T
+        dM_ak = tl.where(strict, _mm(drhs, tl.trans(v), LOWP), 0.0)
+        dr_d = _mm(dy, S0, LOWP)
+        da_d = _mm(drhs, S0, LOWP)
+        db_d = _mm(SA, dS1, LOWP)
+        dk_d = _mm(v, dS1, LOWP)
+        dD = tl.sum(S0 * dS1, axis=0)                             # [N(key)]
+        # Through M = x_c y_c^T to the factored operands.
+        dr_c = _mm(dM_rb, b_c, LOWP) + _mm(dM_rk, k_c, LOWP)
+        da_c = _mm(dM_ab, b_c, LOWP) + _mm(dM_ak, k_c, LOWP)
+        db_c = _mm(tl.trans(dM_rb), r_c, LOWP) + _mm(tl.trans(dM_ab), a_c, LOWP)
+        dk_c = _mm(tl.trans(dM_rk), r_c, LOWP) + _mm(tl.trans(dM_ak), a_c, LOWP)
+        # To the inputs: each operand is input * exp(exponent). The centre gC/2 cancels inside M, so it carries no
+        # gradient; the exponent's gradient is operand * its gradient.
+        dr = dr_c * tl.exp(g - h[None, :]) + dr_d * tl.exp(g)
+        da = da_c * tl.exp(gp - h[None, :]) + da_d * tl.exp(gp)
+        db = db_c * tl.exp(h[None, :] - g) + db_d * tail
+        dk = dk_c * tl.exp(h[None, :] - g) + dk_d * tail
+        dg = r_c * dr_c + r_d * dr_d - b_c * db_c - k_c * dk_c - b_d * db_d - k_d * dk_d
+        dgp = a_c * da_c + a_d * da_d
+        dgC = tl.sum(b_d * db_d + k_d * dk_d, axis=0) + D * dD
+        # g = inclusive cumsum of log w, g' = exclusive: log w_s gets the g-gradients of tokens t >= s, the
+        # g'-gradients of tokens t > s, and the chunk total's.
+        dlw = tl.cumsum(dg, axis=0, reverse=True) + tl.cumsum(dgp, axis=0, reverse=True) - dgp + dgC[None, :]
+        tl.store(dr_ptr + offs, dr.to(dr_ptr.dtype.element_ty), mask=mask)
+        tl.store(dlw_ptr + offs, dlw.to(dlw_ptr.dtype.element_ty), mask=mask)
+        tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+        tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+        tl.store(da_ptr + offs, da.to(da_ptr.dtype.element_ty), mask=mask)
+        tl.store(db_ptr + offs, db.to(db_ptr.dtype.element_ty), mask=mask)
+
+
+def _sizes(N: int) -> dict:
+    return dict(N=N, C=CHUNK, LOG_C=CHUNK.bit_length() - 1)
+
+
+def _prep(r, log_w, k, v, a, b, NT: int, fwd: bool) -> list[Tensor]:
+    """A, Q (and with fwd Sv, Yv) of every chunk: `_prep_kernel`."""
+    B, T, H, N = r.shape
+    f32 = dict(dtype=torch.float32, device=r.device)
+    A, Q = torch.empty(B * H, NT, N, N, **f32), torch.empty(B * H, NT, CHUNK, N, **f32)
+    Sv, Yv = (torch.empty_like(A), torch.empty_like(Q)) if fwd else (A, Q)
+    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, A, Q, Sv, Yv, T, NT, H=H, FWD=fwd, LOWP=LOW_PRECISION["prep"],
+                              num_warps=WARPS["prep"], **_sizes(N))
+    return [A, Q, Sv, Yv] if fwd else [A, Q]
+
+
+class _WKV7(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, log_w, k, v, a, b, s0):
+        B, T, H, N = r.shape
+        NT = triton.cdiv(T, CHUNK)
+        A, Q, Sv, Yv = _prep(r, log_w, k, v, a, b, NT, fwd=True)
+        y = torch.empty_like(r)
+        states = torch.empty(B, H, NT, N, N, dtype=torch.float32, device=r.device)
+        sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
+        s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
+        _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
+                                              BV=VALUE_BLOCK, HAS_S0=s0 is not None, num_warps=WARPS["fwd"],
+                                              num_stages=STAGES)
+        ctx.save_for_backward(r, log_w, k, v, a, b, states)
+        ctx.s0_batch = None if s0 is None else s0.shape[0]
+        return y, sT
+
+    @staticmethod
+    def backward(ctx, dy, dsT):
+        r, log_w, k, v, a, b, states = ctx.saved_tensors
+        B, T, H, N = r.shape
+        NT = states.shape[2]
+        A, Q = _prep(r, log_w, k, v, a, b, NT, fwd=False)
+        dy = torch.zeros_like(r) if dy is None else dy.contiguous()
+        dstates = torch.empty_like(states)
+        ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
+        dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
+        _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
+                                                    C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
+                                                    num_warps=WARPS["state"], num_stages=STAGES)
+        del A, Q
+        grads = [torch.empty_like(x) for x in (r, log_w, k, v, a, b)]
+        _bwd_chunk_kernel[(NT, B * H)](r, log_w, k, v, a, b, dy, states, dstates, *grads, T, NT, H=H,
+                                       LOWP=LOW_PRECISION["chunk"], num_warps=WARPS["chunk"], **_sizes(N))
+        dstate = None
+        if ctx.s0_batch is not None:
+            dstate = ds0 if ctx.s0_batch == B else ds0.sum(0, keepdim=True)
+        return (*grads, dstate)
+
+
+def wkv7_triton(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
+                cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Shapes as `wkv7_recurrent`: r, log_w, k, v, a, b [B, T, H, N]; state [B or 1, H, N, N] fp32 or None.
+    Needs log_w >= -e^{-1/2} (what RWKV-7 computes). Returns y [B, T, H, N] in r's dtype and the final state
+    [B, H, N, N] fp32. Packed documents (cu_seqlens) run one document at a time."""
+    N = r.shape[-1]
+    if N < VALUE_BLOCK or N & (N - 1):
+        raise UserError(f"--op triton needs a head size that is a power of two >= {VALUE_BLOCK}, not {N}; "
+                        "use --op auto")
+    if cu_seqlens is not None:
+        from . import _per_document  # imported late: ops imports us
+
+        return _per_document(wkv7_triton, cu_seqlens, state, (r, log_w, k, v, a, b))
+    k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
+    r, log_w, k, v, a, b = (t.contiguous() for t in (r, log_w, k, v, a, b))
+    return _WKV7.apply(r, log_w, k, v, a, b, state)

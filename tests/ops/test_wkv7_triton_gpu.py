@@ -1,0 +1,94 @@
+"""The "triton" backend (this project's WKV-7 kernels, ops/wkv7_triton.py) against the fp32 torch reference on a
+GPU, as test_fla_gpu.py checks fla: outputs, final state and every gradient, the initial state's included, at
+lengths that end mid-chunk, packed, with one state shared by the batch; and the whole model's loss
+(test_fla_gpu.py's model test runs it too). On any machine: only --op triton picks it."""
+
+import pytest
+import torch
+
+from rwkv_peft.ops import wkv7, wkv7_triton
+from tests.ops.test_fla_gpu import LENGTHS, WKV7_NAMES, _compare, _run, _wkv7_inputs
+
+gpu = pytest.mark.gpu
+needs_triton = pytest.mark.skipif(not wkv7_triton.installed(), reason="Triton not installed")
+
+
+@gpu
+@needs_triton
+@pytest.mark.parametrize("T", LENGTHS + [4096])
+def test_wkv7_triton_matches_reference(T):
+    inputs = _wkv7_inputs(2, T, seed=T)
+    _compare(WKV7_NAMES, _run(wkv7, inputs, "triton", False), _run(wkv7, inputs, "torch", True))
+
+
+@gpu
+@needs_triton
+def test_chunks_of_16_and_fp32_products_match_reference(monkeypatch):
+    monkeypatch.setattr(wkv7_triton, "CHUNK", 16)
+    monkeypatch.setattr(wkv7_triton, "LOW_PRECISION", dict(chunk=False, prep=False))
+    inputs = _wkv7_inputs(2, 300, seed=16)
+    _compare(WKV7_NAMES, _run(wkv7, inputs, "triton", False), _run(wkv7, inputs, "torch", True))
+
+
+@gpu
+@needs_triton
+def test_wkv7_triton_packed_matches_reference():
+    lengths = [5, 130, 1, 64, 300]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
+    inputs = _wkv7_inputs(1, sum(lengths), seed=11)
+    inputs[-1] = inputs[-1].expand(len(lengths), -1, -1, -1).contiguous() * 0.7
+    _compare(WKV7_NAMES, _run(wkv7, inputs, "triton", False, cu), _run(wkv7, inputs, "torch", True, cu))
+
+
+@gpu
+@needs_triton
+def test_shared_state_and_no_state():
+    """One [1, H, N, N] state for the batch (State tuning) gets the summed gradient; no state means zeros."""
+    inputs = _wkv7_inputs(3, 50, seed=5)
+    shared = [*inputs[:-1], inputs[-1][:1]]
+    _compare(WKV7_NAMES, _run(wkv7, shared, "triton", False), _run(wkv7, shared, "torch", True))
+    *seq, _ = inputs
+    y1, s1 = wkv7(*seq, None, backend="triton")
+    y2, s2 = wkv7(*seq, torch.zeros_like(inputs[-1]), backend="triton")
+    assert torch.equal(y1, y2) and torch.equal(s1, s2)
+
+
+@gpu
+@needs_triton
+def test_wkv7_triton_runs_in_a_cuda_graph():
+    """Its kernels go to torch's current stream, so a captured forward + backward replays to the same values."""
+    inputs = [x.detach().requires_grad_() for x in _wkv7_inputs(1, 256, seed=3)]
+    gy = torch.randn_like(inputs[0])
+
+    def step():
+        y, s = wkv7(*inputs, backend="triton")
+        return torch.autograd.grad([y, s], inputs, [gy, torch.zeros_like(s)])
+
+    eager = step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up on the side stream, as torch.cuda.graphs asks
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(eager, captured):
+        assert torch.equal(a, b)
+
+
+def test_auto_never_picks_triton_and_the_name_selects_it(monkeypatch):
+    """Opt-in until it is faster than fla (bench/NOTES.md row 20): only --op triton picks it; on the CPU it says
+    why it cannot run."""
+    from rwkv_peft.errors import UserError
+    from rwkv_peft.ops import fla as fla_backend
+    from rwkv_peft.ops import registry
+
+    monkeypatch.setattr(wkv7_triton, "installed", lambda: True)
+    monkeypatch.setattr(fla_backend, "installed", lambda: False)
+    assert registry.resolve("wkv7", "auto", torch.device("cuda")).name == "torch"
+    assert registry.resolve("wkv7", "triton", torch.device("cuda")).name == "triton"
+    with pytest.raises(UserError, match="backend 'triton' for wkv7: it needs a CUDA device"):
+        registry.resolve("wkv7", "triton", torch.device("cpu"))
