@@ -32,6 +32,35 @@ VARIANTS = {
 }
 
 
+def ours_variant(name: str) -> dict:
+    """"triton" or e.g. "triton:C=64/BV=32/fwd=4/state=4/chunk=8": this project's kernels (ops/wkv7_triton.py)
+    with chunk size C, value rows per program BV and warps per kernel."""
+    opts = dict(kv.split("=") for kv in name.partition(":")[2].split("/") if kv)
+    return {key: int(val) for key, val in opts.items()}
+
+
+_OURS_DEFAULTS: dict = {}
+
+
+def ours_fwd_bwd(opts: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: torch.Tensor):
+    from rwkv_peft.ops import wkv7_triton as ours
+
+    # Every variant starts from the module's defaults: settings named in the variant replace them.
+    if not _OURS_DEFAULTS:
+        names = ("CHUNK", "VALUE_BLOCK", "WARPS", "STAGES", "LOW_PRECISION")
+        _OURS_DEFAULTS.update({n: getattr(ours, n) for n in names})
+    defaults = _OURS_DEFAULTS
+    ours.CHUNK, ours.VALUE_BLOCK = opts.get("C", defaults["CHUNK"]), opts.get("BV", defaults["VALUE_BLOCK"])
+    ours.WARPS = {kernel: opts.get(kernel, n) for kernel, n in defaults["WARPS"].items()}
+    ours.STAGES = opts.get("stages", defaults["STAGES"])
+    ours.LOW_PRECISION = {kernel: bool(opts.get("low" + kernel, on))
+                          for kernel, on in defaults["LOW_PRECISION"].items()}
+    r, log_w, k, v, a, b, s0 = args
+    y, s = ours.wkv7_triton(r, log_w, k, v, a, b, s0.transpose(-1, -2))
+    torch.autograd.backward([y, s], [gy, gs.transpose(-1, -2)])
+    return y, s.transpose(-1, -2)
+
+
 def wind_fwd_bwd(args: list[torch.Tensor], gy: torch.Tensor, gs: torch.Tensor):
     """The same call through wind_rwkv: its w is log(-log decay), its state our (value, key) orientation."""
     from wind_rwkv.rwkv7 import attn_chunked_cuda, load_chunked_cuda
@@ -63,6 +92,8 @@ def inputs(B: int, T: int, H: int, N: int = 64, seed: int = 0) -> list[torch.Ten
 def fwd_bwd(variant: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: torch.Tensor):
     if variant == "wind":
         return wind_fwd_bwd(args, gy, gs)
+    if isinstance(variant, str) and variant.startswith("triton"):
+        return ours_fwd_bwd(ours_variant(variant), args, gy, gs)
     from fla.ops.rwkv7 import chunk_rwkv7
 
     r, log_w, k, v, a, b, s0 = args
@@ -71,7 +102,7 @@ def fwd_bwd(variant: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: torch
     return y, s
 
 
-def gpu_ms(fn, iters: int = 20) -> float:
+def gpu_ms(fn, iters: int = 20, kernels: bool = False) -> float:
     """Milliseconds of GPU kernel time per call (torch.profiler), free of host launch overhead, which dominates
     eager calls at B = 1 (the training step runs these kernels inside a CUDA graph)."""
     from torch.profiler import ProfilerActivity, profile
@@ -83,7 +114,11 @@ def gpu_ms(fn, iters: int = 20) -> float:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total_us = sum(e.self_device_time_total for e in events)
+    if kernels:  # where the time goes, per kernel and call
+        for e in sorted(events, key=lambda e: -e.self_device_time_total)[:8]:
+            print(f"|   | {e.key[:60]} | | {e.self_device_time_total / 1e3 / iters:.3f} | | | |")
     return total_us / 1e3 / iters
 
 
@@ -94,34 +129,39 @@ def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1x1024x32,8x4096x32,1x1024x12,1x65536x32", help="BxTxH, comma-separated")
-    ap.add_argument("--variants", default="safe64,safe64-norecompute", help=", ".join(VARIANTS))
+    ap.add_argument("--variants", default="safe64,safe64-norecompute", help=", ".join(VARIANTS)
+                    + ", triton[:C=../BV=../prep=../fwd=../state=../chunk=../stages=../lowchunk=0|1/lowprep=0|1]")
+    ap.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per call")
     args = ap.parse_args()
-    print("| shape B,T,H | variant | ms fwd+bwd (wall) | ms GPU | rel err y | rel err dstate0 |")
-    print("|---|---|---|---|---|---|")
+    print("| shape B,T,H | variant | ms fwd+bwd (wall) | ms GPU | rel err y | rel err dstate0 | worst other grad |")
+    print("|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         B, T, H = map(int, shape.split("x"))
         x = inputs(B, T, H)
         gy, gs = torch.randn_like(x[0]), torch.randn_like(x[-1])
-        ref_y = ref_ds = None
+        ref_y = ref_ds = ref_grads = None
         if B * T <= 8192:
             # Reference in fp32 from the same bf16 values; its state layout is [B, H, V, K].
             leaves = [t.detach().float().requires_grad_() for t in x]
             *seq, s0 = leaves
             yr, sr = wkv7(*seq, s0.transpose(-1, -2), backend="torch")
             torch.autograd.backward([yr, sr], [gy.float(), gs.transpose(-1, -2)])
-            ref_y, ref_ds = yr.detach(), leaves[-1].grad
+            ref_y, ref_ds, ref_grads = yr.detach(), leaves[-1].grad, [t.grad for t in leaves[:-1]]
         for name in args.variants.split(","):
-            variant = VARIANTS[name]
+            variant = name if name.startswith("triton") else VARIANTS[name]
             for t in x:
                 t.grad = None
             try:
                 y, _ = fwd_bwd(variant, x, gy, gs)
-                errs = ("-", "-") if ref_y is None else (f"{rel(y, ref_y):.1e}", f"{rel(x[-1].grad, ref_ds):.1e}")
+                errs = ("-", "-", "-") if ref_y is None else (
+                    f"{rel(y, ref_y):.1e}", f"{rel(x[-1].grad, ref_ds):.1e}",
+                    f"{max(rel(t.grad, ref) for t, ref in zip(x[:-1], ref_grads)):.1e}")
                 call = partial(fwd_bwd, variant, x, gy, gs)
                 ms = do_bench(call, warmup=50, rep=300, return_mode="median")
-                print(f"| {B},{T},{H} | {name} | {ms:.3f} | {gpu_ms(call):.3f} | {errs[0]} | {errs[1]} |", flush=True)
+                gpu = gpu_ms(call, kernels=args.kernels)
+                print(f"| {B},{T},{H} | {name} | {ms:.3f} | {gpu:.3f} | {' | '.join(errs)} |", flush=True)
             except Exception as e:  # a variant the kernels reject is a result too
-                print(f"| {B},{T},{H} | {name} | failed: {type(e).__name__}: {str(e)[:80]} | | | |", flush=True)
+                print(f"| {B},{T},{H} | {name} | failed: {type(e).__name__}: {str(e)[:80]} | | | | |", flush=True)
 
 
 if __name__ == "__main__":
