@@ -108,7 +108,7 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
                         f"(x0{mc.version}0) model; drop the flag (the version is read from the checkpoint)")
     known = registry.backends(f"wkv{mc.version}")
     # RWKV-PEFT's scripts say --op cuda (its default) or triton: its own kernels, whose job "auto" does here
-    # (unless this install registers a backend of that name).
+    # unless this install registers a backend of that name (triton: ours, for RWKV-7).
     op = "auto" if m.op in ("cuda", "triton") and m.op not in known else m.op
     if op not in ("auto", *known):
         raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
