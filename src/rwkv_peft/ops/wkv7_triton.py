@@ -47,8 +47,8 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it (t
 except ImportError:  # pragma: no cover - exercised only without Triton
     triton = None
 
-# RWKV-7's log decay is -e^{-1/2} sigmoid(.): the kernels' exponents are bounded by this (module docstring).
-LOG_DECAY_BOUND = -0.6065306597126334
+# The kernels assume RWKV-7's log decay, >= fla.WKV7_LOG_DECAY_BOUND = -e^{-1/2}: it bounds their exponents
+# (module docstring).
 CHUNK = 32          # tokens per chunk: 16 or 32 (at 64 the per-chunk backward needs more shared memory than an H100)
 VALUE_BLOCK = 16    # value rows per program in the sequential kernels
 WARPS = dict(prep=4, fwd=4, state=4, chunk=8)  # per kernel
