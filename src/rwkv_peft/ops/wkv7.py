@@ -17,18 +17,20 @@ from torch import Tensor
 
 def wkv7_recurrent(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
                    state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Exact recurrence, one token at a time, in fp32. The reference every other form is tested against.
+    """Exact recurrence, one token at a time, in fp32 (float64 for float64 inputs). The reference every other form
+    is tested against.
 
     Args:
         r, log_w, k, v, a, b: [B, T, H, N]; log_w is the log of the per-channel decay (<= 0).
         state: [B, H, N, N] fp32 (value rows, key columns) or None for zeros.
     Returns:
-        y [B, T, H, N] in r's dtype, final state [B, H, N, N] fp32.
+        y [B, T, H, N] in r's dtype, final state [B, H, N, N] fp32 (float64).
     """
     B, T, H, N = r.shape
     out_dtype = r.dtype
-    r, w, k, v, a, b = (x.float() for x in (r, log_w.exp(), k, v, a, b))
-    S = r.new_zeros(B, H, N, N) if state is None else state.float()
+    dtype = torch.float64 if r.dtype == torch.float64 else torch.float32
+    r, w, k, v, a, b = (x.to(dtype) for x in (r, log_w.exp(), k, v, a, b))
+    S = r.new_zeros(B, H, N, N) if state is None else state.to(dtype)
     ys = []
     for t in range(T):
         sa = S @ a[:, t, :, :, None]  # [B, H, N, 1]

@@ -20,17 +20,22 @@ M is computed as one product of decayed factors, (x e^{g_x - gC/2}) (y e^{gC/2 -
 |gC| / 2, which RWKV-7's bound log w >= -e^{-1/2} keeps finite for chunks up to 64 (the same bound fla's
 `safe_gate` path assumes; anything that is not RWKV-7's decay must use another backend).
 
-Three kernels:
-- forward: per (head, block of value rows), walks the chunks: stores Y and each chunk's start state S0;
-- backward, sequential: per (head, block of value rows), walks back: dS0 = dY^T r e^g + dS1 e^gC + drhs^T a e^g'
-  with drhs = L^-T (M_rb^T dY + b e^{gC-g} dS1^T); stores each chunk's end-state gradient dS1 and returns dS0 of
-  the first chunk (the initial state's gradient, what State tuning trains);
-- backward, per chunk (all chunks in parallel): from S0, dS1 and dY it recomputes the chunk and forms every
-  input's gradient (written out where it is computed, in the kernel's comments).
+The kernels:
+- prep, per chunk (all chunks in parallel): what does not depend on the chunk's start state, so that each walk
+  does one small product per chunk (`_prep_kernel`); run again in backward rather than kept;
+- forward walk: per (head, block of value rows), over the chunks: stores Y and each chunk's start state S0;
+- backward walk: the same, back: dS0 = dY^T r e^g + dS1 e^gC + drhs^T a e^g' with drhs = L^-T (M_rb^T dY +
+  b e^{gC-g} dS1^T); stores each chunk's end-state gradient dS1 and returns dS0 of the first chunk (the initial
+  state's gradient, what State tuning trains);
+- backward per chunk, in two halves (all chunks in parallel): from S0, dS1 and dY the first recomputes the chunk
+  and writes dV, SA and drhs; the second forms the other inputs' gradients from those (written out where they are
+  computed, in the kernels' comments). As one kernel it spilled 632 B of registers per thread and ran 4% slower at
+  8 x 4096 (bench/wkv_regs.py, session 12).
 
-Measured on an H100 (bench/results/2026-11-24-h100-session10.md), GPU time per layer, forward + backward:
-0.399 ms at B=1, T=1024, H=32 (fla: 0.383) and 9.68 ms at B=8, T=4096 (fla: 8.91); in the trainer at 1.5B LoRA
-ctx 1024, -1.2 GiB for -1% of speed. Hence opt-in (`--op triton`); "auto" keeps fla.
+Measured on an H200 (bench/results/2026-12-03-h200-session12.md), GPU time per layer, forward + backward:
+0.370 ms at B=1, T=1024, H=32 (fla: 0.340) and 8.88 ms at B=8, T=4096 (fla: 7.43); in the trainer at 1.5B LoRA
+ctx 1024, -1.5 GiB for -1.9% of speed, and at 4096 x 8 it fits without recomputation (fla's intermediates do not).
+Hence opt-in (`--op triton`); "auto" keeps fla.
 """
 
 import importlib.util
@@ -49,9 +54,10 @@ except ImportError:  # pragma: no cover - exercised only without Triton
 
 # The kernels assume RWKV-7's log decay, >= fla.WKV7_LOG_DECAY_BOUND = -e^{-1/2}: it bounds their exponents
 # (module docstring).
-CHUNK = 32          # tokens per chunk: 16 or 32 (at 64 the per-chunk backward needs more shared memory than an H100)
+CHUNK = 32          # tokens per chunk: 16 or 32 (at 64 one per-chunk backward kernel needed more shared memory than an
+                    # H100 has, session 10)
 VALUE_BLOCK = 16    # value rows per program in the sequential kernels
-WARPS = dict(prep=4, fwd=4, state=4, chunk=8)  # per kernel
+WARPS = dict(prep=4, fwd=4, state=4, values=8, factors=4)  # per kernel (bench/wkv_bench.py)
 STAGES = 3          # software pipelining of the walks' loads
 # bf16 operands in the products of the parallel kernels (L's inverse stays fp32): per-chunk backward, prep.
 # Measured (bench/wkv_bench.py, H100): -5% and -10% of the kernels' time at ctx 1024 and 4096 x 8, errors against
@@ -160,8 +166,8 @@ if triton is not None:
     def _fwd_kernel(v_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
                     H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
         """Grid (N // BV, B * H): the walk over the chunks, value rows vcols of one head:
-        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] fp32 get each chunk's start
-        state; sT the final one."""
+        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] fp32 get each chunk's
+        start state; sT the final one."""
         iv, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -212,77 +218,108 @@ if triton is not None:
         tl.store(ds0_ptr + bh * N * N + state_offs, dS)
 
     @triton.jit
-    def _bwd_chunk_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
-                          dr_ptr, dlw_ptr, dk_ptr, dv_ptr, da_ptr, db_ptr, T, NT,
-                          H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
-                          LOWP: tl.constexpr):
-        """Grid (NT, B * H): one chunk of one head, all N value rows. From S0, dS1 and dY it recomputes the chunk
-        (M, L^-1, SA) and goes back through Y = r_d S0^T + M_rb SA + M_rk V, S1 = S0 e^gC + SA^T b_d + V^T k_d and
-        SA = L^-1 (a_d S0^T + M_ak V) to every input (subscripts: _c centred factors of M, _d chunk-wide decays)."""
+    def _bwd_values_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
+                           dv_ptr, sa_ptr, drhs_ptr, T, NT,
+                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
+                           LOWP: tl.constexpr):
+        """Grid (NT, B * H), the first half of the per-chunk backward: one chunk of one head, all N value rows.
+        From S0, dS1 and dY it recomputes the chunk (M, L^-1, SA = L^-1 (a_d S0^T + M_ak V)), goes back through
+        Y = r_d S0^T + M_rb SA + M_rk V and S1 = S0 e^gC + SA^T b_d + V^T k_d to SA and L's right-hand side
+        (drhs = L^-T dSA), and writes dV. SA and drhs [B * H, NT, C, N] go to `_bwd_factors_kernel`, which needs
+        neither M nor L: two kernels with half the live values each run without spilling registers, where one
+        spilled (bench/wkv_regs.py)."""
         c, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
         incl = rows[:, None] >= rows[None, :]
         strict = rows[:, None] > rows[None, :]
-        state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
-        S0 = tl.load(states_ptr + state_offs)                     # [N(value), N(key)]
-        dS1 = tl.load(dstates_ptr + state_offs)
         r, offs, mask = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
         lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
         k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
         a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
         b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        dy, _, _ = _load_chunk(dy_ptr, c, T, rows, cols, ib, ih, H, N, C)
         g, gp, gC, h = _decays(lw, C)
-        # The forward again: the factored decays (x_c rows, y_c columns), the chunk-wide ones, M, SA.
+        # The decayed factors: _c centred ones of M, _d chunk-wide ones.
         r_c, a_c = r * tl.exp(g - h[None, :]), a * tl.exp(gp - h[None, :])
         b_c, k_c = b * tl.exp(h[None, :] - g), k * tl.exp(h[None, :] - g)
-        r_d, a_d = r * tl.exp(g), a * tl.exp(gp)
-        tail = tl.exp(gC[None, :] - g)
+        a_d, tail = a * tl.exp(gp), tl.exp(gC[None, :] - g)
         b_d, k_d = b * tail, k * tail
-        D = tl.exp(gC)
         M_rb = tl.where(incl, _mm(r_c, tl.trans(b_c), LOWP), 0.0)
         M_rk = tl.where(incl, _mm(r_c, tl.trans(k_c), LOWP), 0.0)
-        M_ab = tl.where(strict, _mm(a_c, tl.trans(b_c), LOWP), 0.0)
         M_ak = tl.where(strict, _mm(a_c, tl.trans(k_c), LOWP), 0.0)
-        Linv = _tril_inverse(M_ab, C, LOG_C)
+        Linv = _tril_inverse(tl.where(strict, _mm(a_c, tl.trans(b_c), LOWP), 0.0), C, LOG_C)
+        state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
+        v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        S0 = tl.load(states_ptr + state_offs)                     # [N(value), N(key)]
         SA = _mm(Linv, _mm(a_d, tl.trans(S0), LOWP) + _mm(M_ak, v, LOWP), LOWP)           # [C, N(value)]
-        # Backward through S1 = S0 D + SA^T b_d + V^T k_d and Y = r_d S0^T + M_rb SA + M_rk V.
-        dS1t = tl.trans(dS1)
+        dy, _, _ = _load_chunk(dy_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        dS1t = tl.trans(tl.load(dstates_ptr + state_offs))
         dSA = _mm(tl.trans(M_rb), dy, LOWP) + _mm(b_d, dS1t, LOWP)
         drhs = _mm(tl.trans(Linv), dSA, LOWP)                        # through SA = L^-1 rhs
         dv = _mm(tl.trans(M_rk), dy, LOWP) + _mm(k_d, dS1t, LOWP) + _mm(tl.trans(M_ak), drhs, LOWP)
-        dM_rb = tl.where(incl, _mm(dy, tl.trans(SA), LOWP), 0.0)
-        dM_rk = tl.where(incl, _mm(dy, tl.trans(v), LOWP), 0.0)
-        dM_ab = tl.where(strict, _mm(drhs, tl.trans(SA), LOWP), 0.0)  # L = I - M_ab: dM_ab = +drhs SA^T
-        dM_ak = tl.where(strict, _mm(drhs, tl.trans(v), LOWP), 0.0)
+        tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+        scratch = (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]
+        tl.store(sa_ptr + scratch, SA.to(sa_ptr.dtype.element_ty))
+        tl.store(drhs_ptr + scratch, drhs.to(drhs_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _bwd_factors_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
+                            sa_ptr, drhs_ptr, dr_ptr, dlw_ptr, dk_ptr, da_ptr, db_ptr, T, NT,
+                            H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr):
+        """Grid (NT, B * H), the second half: from SA and drhs (`_bwd_values_kernel`), dY, S0 and dS1, the
+        gradients of M = x_c y_c^T and of the chunk-wide terms, and through them of r, log w, k, a, b."""
+        c, bh = tl.program_id(0), tl.program_id(1)
+        ib, ih = bh // H, bh % H
+        rows, cols = tl.arange(0, C), tl.arange(0, N)
+        incl = rows[:, None] >= rows[None, :]
+        strict = rows[:, None] > rows[None, :]
+        scratch = (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]
+        SA = tl.load(sa_ptr + scratch).to(tl.float32)
+        drhs = tl.load(drhs_ptr + scratch).to(tl.float32)
+        v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        dy, _, _ = _load_chunk(dy_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        # The chunk-wide terms first, so that the two states are dead before the rest.
+        state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
+        S0 = tl.load(states_ptr + state_offs)                     # [N(value), N(key)]
+        dS1 = tl.load(dstates_ptr + state_offs)
         dr_d = _mm(dy, S0, LOWP)
         da_d = _mm(drhs, S0, LOWP)
         db_d = _mm(SA, dS1, LOWP)
         dk_d = _mm(v, dS1, LOWP)
         dD = tl.sum(S0 * dS1, axis=0)                             # [N(key)]
-        # Through M = x_c y_c^T to the factored operands.
-        dr_c = _mm(dM_rb, b_c, LOWP) + _mm(dM_rk, k_c, LOWP)
-        da_c = _mm(dM_ab, b_c, LOWP) + _mm(dM_ak, k_c, LOWP)
-        db_c = _mm(tl.trans(dM_rb), r_c, LOWP) + _mm(tl.trans(dM_ab), a_c, LOWP)
-        dk_c = _mm(tl.trans(dM_rk), r_c, LOWP) + _mm(tl.trans(dM_ak), a_c, LOWP)
-        # To the inputs: each operand is input * exp(exponent). The centre gC/2 cancels inside M, so it carries no
-        # gradient; the exponent's gradient is operand * its gradient.
-        dr = dr_c * tl.exp(g - h[None, :]) + dr_d * tl.exp(g)
-        da = da_c * tl.exp(gp - h[None, :]) + da_d * tl.exp(gp)
-        db = db_c * tl.exp(h[None, :] - g) + db_d * tail
-        dk = dk_c * tl.exp(h[None, :] - g) + dk_d * tail
-        dg = r_c * dr_c + r_d * dr_d - b_c * db_c - k_c * dk_c - b_d * db_d - k_d * dk_d
-        dgp = a_c * da_c + a_d * da_d
-        dgC = tl.sum(b_d * db_d + k_d * dk_d, axis=0) + D * dD
+        dM_rb = tl.where(incl, _mm(dy, tl.trans(SA), LOWP), 0.0)
+        dM_rk = tl.where(incl, _mm(dy, tl.trans(v), LOWP), 0.0)
+        dM_ab = tl.where(strict, _mm(drhs, tl.trans(SA), LOWP), 0.0)  # L = I - M_ab: dM_ab = +drhs SA^T
+        dM_ak = tl.where(strict, _mm(drhs, tl.trans(v), LOWP), 0.0)
+        r, offs, mask = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        g, gp, gC, h = _decays(lw, C)
+        up, down, up_p = tl.exp(g - h[None, :]), tl.exp(h[None, :] - g), tl.exp(gp - h[None, :])
+        tail = tl.exp(gC[None, :] - g)
+        # Through M = x_c y_c^T (x_c = x * up, y_c = y * down; a's factor a * up_p) and the chunk-wide terms
+        # (r e^g, a e^g', b and k times tail) to each input: the centre gC/2 cancels inside M, so it carries no
+        # gradient.
+        b_c, k_c = b * down, k * down
+        dr = (_mm(dM_rb, b_c, LOWP) + _mm(dM_rk, k_c, LOWP)) * up + dr_d * tl.exp(g)
+        da = (_mm(dM_ab, b_c, LOWP) + _mm(dM_ak, k_c, LOWP)) * up_p + da_d * tl.exp(gp)
+        r_c, a_c = r * up, a * up_p
+        db = (_mm(tl.trans(dM_rb), r_c, LOWP) + _mm(tl.trans(dM_ab), a_c, LOWP)) * down + db_d * tail
+        dk = (_mm(tl.trans(dM_rk), r_c, LOWP) + _mm(tl.trans(dM_ak), a_c, LOWP)) * down + dk_d * tail
+        # The exponents' gradients: an operand x e^u gives u the gradient x e^u times the operand's, summed over
+        # x's factors that is x * dx; g enters r's and a's (via g'), b's and k's with a minus sign, gC the tails
+        # and D = e^gC.
+        dg = r * dr - b * db - k * dk
+        dgp = a * da
+        dgC = tl.sum((b * db_d + k * dk_d) * tail, axis=0) + tl.exp(gC) * dD
         # g = inclusive cumsum of log w, g' = exclusive: log w_s gets the g-gradients of tokens t >= s, the
         # g'-gradients of tokens t > s, and the chunk total's.
         dlw = tl.cumsum(dg, axis=0, reverse=True) + tl.cumsum(dgp, axis=0, reverse=True) - dgp + dgC[None, :]
         tl.store(dr_ptr + offs, dr.to(dr_ptr.dtype.element_ty), mask=mask)
         tl.store(dlw_ptr + offs, dlw.to(dlw_ptr.dtype.element_ty), mask=mask)
         tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
-        tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
         tl.store(da_ptr + offs, da.to(da_ptr.dtype.element_ty), mask=mask)
         tl.store(db_ptr + offs, db.to(db_ptr.dtype.element_ty), mask=mask)
 
@@ -333,9 +370,18 @@ class _WKV7(torch.autograd.Function):
                                                     C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
                                                     num_warps=WARPS["state"], num_stages=STAGES)
         del A, Q
-        grads = [torch.empty_like(x) for x in (r, log_w, k, v, a, b)]
-        _bwd_chunk_kernel[(NT, B * H)](r, log_w, k, v, a, b, dy, states, dstates, *grads, T, NT, H=H,
-                                       LOWP=LOW_PRECISION["chunk"], num_warps=WARPS["chunk"], **_sizes(N))
+        dr, dlw, dk, dv, da, db = (torch.empty_like(x) for x in (r, log_w, k, v, a, b))
+        # SA and drhs enter only bf16 products when the products are bf16: stored so, nothing changes.
+        lowp = LOW_PRECISION["chunk"]
+        SA = torch.empty(B * H, NT, CHUNK, N, dtype=torch.bfloat16 if lowp else torch.float32, device=r.device)
+        drhs = torch.empty_like(SA)
+        chunks, sizes = (NT, B * H), _sizes(N)
+        _bwd_values_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, dv, SA, drhs, T, NT, H=H, LOWP=lowp,
+                                   num_warps=WARPS["values"], **sizes)
+        del sizes["LOG_C"]
+        _bwd_factors_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, SA, drhs, dr, dlw, dk, da, db, T, NT,
+                                    H=H, LOWP=lowp, num_warps=WARPS["factors"], **sizes)
+        grads = (dr, dlw, dk, dv, da, db)
         dstate = None
         if ctx.s0_batch is not None:
             dstate = ds0 if ctx.s0_batch == B else ds0.sum(0, keepdim=True)
