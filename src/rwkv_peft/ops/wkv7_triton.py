@@ -33,9 +33,10 @@ The kernels:
   8 x 4096 (bench/wkv_regs.py, session 12).
 
 Measured on an H200 (bench/results/2026-12-03-h200-session12.md), GPU time per layer, forward + backward:
-0.370 ms at B=1, T=1024, H=32 (fla: 0.340) and 8.88 ms at B=8, T=4096 (fla: 7.43); in the trainer at 1.5B LoRA
-ctx 1024, -1.5 GiB for -1.9% of speed, and at 4096 x 8 it fits without recomputation (fla's intermediates do not).
-Hence opt-in (`--op triton`); "auto" keeps fla.
+0.366 ms at B=1, T=1024, H=32 (fla: 0.340) and 8.91 ms at B=8, T=4096 (fla: 7.43). In the trainer at 1.5B LoRA
+ctx 1024 it costs 1.7 GiB less than fla for 2% less speed, and 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp
+in 107 GiB (37.5% MFU), where fla would need ~45 GiB more (32 x the 1.4 GiB it keeps beyond ours at ctx 1024). Hence opt-in (`--op triton`):
+"auto" keeps fla, the faster at equal settings.
 """
 
 import importlib.util
@@ -166,8 +167,8 @@ if triton is not None:
     def _fwd_kernel(v_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
                     H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
         """Grid (N // BV, B * H): the walk over the chunks, value rows vcols of one head:
-        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] fp32 get each chunk's
-        start state; sT the final one."""
+        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] get each chunk's start
+        state (bf16 or fp32: see `_WKV7.forward`); sT the final one."""
         iv, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -179,7 +180,7 @@ if triton is not None:
             S = tl.zeros([BV, N], dtype=tl.float32)
         for c in range(NT):
             chunk_states = (bh * NT + c) * N * N
-            tl.store(states_ptr + chunk_states + state_offs, S)
+            tl.store(states_ptr + chunk_states + state_offs, S.to(states_ptr.dtype.element_ty))
             A = tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :])
             Sv = tl.load(sv_ptr + chunk_states + state_offs)
             prep = (bh * NT + c) * C * N + rows[:, None] * N
@@ -250,7 +251,7 @@ if triton is not None:
         Linv = _tril_inverse(tl.where(strict, _mm(a_c, tl.trans(b_c), LOWP), 0.0), C, LOG_C)
         state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
         v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        S0 = tl.load(states_ptr + state_offs)                     # [N(value), N(key)]
+        S0 = tl.load(states_ptr + state_offs).to(tl.float32)      # [N(value), N(key)]
         SA = _mm(Linv, _mm(a_d, tl.trans(S0), LOWP) + _mm(M_ak, v, LOWP), LOWP)           # [C, N(value)]
         dy, _, _ = _load_chunk(dy_ptr, c, T, rows, cols, ib, ih, H, N, C)
         dS1t = tl.trans(tl.load(dstates_ptr + state_offs))
@@ -280,7 +281,7 @@ if triton is not None:
         dy, _, _ = _load_chunk(dy_ptr, c, T, rows, cols, ib, ih, H, N, C)
         # The chunk-wide terms first, so that the two states are dead before the rest.
         state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
-        S0 = tl.load(states_ptr + state_offs)                     # [N(value), N(key)]
+        S0 = tl.load(states_ptr + state_offs).to(tl.float32)      # [N(value), N(key)]
         dS1 = tl.load(dstates_ptr + state_offs)
         dr_d = _mm(dy, S0, LOWP)
         da_d = _mm(drhs, S0, LOWP)
@@ -346,7 +347,12 @@ class _WKV7(torch.autograd.Function):
         NT = triton.cdiv(T, CHUNK)
         A, Q, Sv, Yv = _prep(r, log_w, k, v, a, b, NT, fwd=True)
         y = torch.empty_like(r)
-        states = torch.empty(B, H, NT, N, N, dtype=torch.float32, device=r.device)
+        # The chunks' start states are kept for backward, where they enter only products, and so only bf16 ones
+        # when the products are bf16 (and the sum over value rows for the decay's gradient): stored in bf16 then,
+        # half the memory (1.5B ctx 1024: 8 of 16 MiB per layer; H200, trainer: 7.48 -> 7.29 GiB allocated, speed
+        # unchanged), the same numbers but for that sum's rounding (errors against fp32 unchanged at 2 digits).
+        state_dtype = torch.bfloat16 if LOW_PRECISION["chunk"] else torch.float32
+        states = torch.empty(B, H, NT, N, N, dtype=state_dtype, device=r.device)
         sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
         s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
         _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
@@ -363,7 +369,7 @@ class _WKV7(torch.autograd.Function):
         NT = states.shape[2]
         A, Q = _prep(r, log_w, k, v, a, b, NT, fwd=False)
         dy = torch.zeros_like(r) if dy is None else dy.contiguous()
-        dstates = torch.empty_like(states)
+        dstates = torch.empty_like(states, dtype=torch.float32)
         ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
         dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
         _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
