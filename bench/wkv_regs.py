@@ -19,7 +19,8 @@ from triton.compiler import ASTSource
 from rwkv_peft.ops import wkv7_triton as ours
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-BF16_ARGS = ("r_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "dy_ptr", "y_ptr",
+# The wrapper's bf16 tensors with the default bf16 products (LOW_PRECISION): inputs, outputs, kept states, scratch.
+BF16_ARGS = ("r_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "dy_ptr", "y_ptr", "states_ptr", "sa_ptr", "drhs_ptr",
              "dr_ptr", "dk_ptr", "dv_ptr", "da_ptr", "db_ptr")
 
 
