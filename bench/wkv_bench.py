@@ -33,7 +33,7 @@ VARIANTS = {
 
 
 def ours_variant(name: str) -> dict:
-    """"triton" or e.g. "triton:C=64/BV=32/fwd=4/state=4/chunk=8": this project's kernels (ops/wkv7_triton.py)
+    """"triton" or e.g. "triton:C=16/BV=32/fwd=4/state=4/factors=8": this project's kernels (ops/wkv7_triton.py)
     with chunk size C, value rows per program BV and warps per kernel."""
     opts = dict(kv.split("=") for kv in name.partition(":")[2].split("/") if kv)
     return {key: int(val) for key, val in opts.items()}
@@ -130,7 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1x1024x32,8x4096x32,1x1024x12,1x65536x32", help="BxTxH, comma-separated")
     ap.add_argument("--variants", default="safe64,safe64-norecompute", help=", ".join(VARIANTS)
-                    + ", triton[:C=../BV=../prep=../fwd=../state=../chunk=../stages=../lowchunk=0|1/lowprep=0|1]")
+                    + ", triton[:C=../BV=../prep=../fwd=../state=../values=../factors=../stages=../lowchunk=0|1/lowprep=0|1]")
     ap.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per call")
     args = ap.parse_args()
     print("| shape B,T,H | variant | ms fwd+bwd (wall) | ms GPU | rel err y | rel err dstate0 | worst other grad |")

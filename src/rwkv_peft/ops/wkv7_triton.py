@@ -227,8 +227,8 @@ if triton is not None:
         From S0, dS1 and dY it recomputes the chunk (M, L^-1, SA = L^-1 (a_d S0^T + M_ak V)), goes back through
         Y = r_d S0^T + M_rb SA + M_rk V and S1 = S0 e^gC + SA^T b_d + V^T k_d to SA and L's right-hand side
         (drhs = L^-T dSA), and writes dV. SA and drhs [B * H, NT, C, N] go to `_bwd_factors_kernel`, which needs
-        neither M nor L: two kernels with half the live values each run without spilling registers, where one
-        spilled (bench/wkv_regs.py)."""
+        neither M nor L. Each half holds about half the live values of the one kernel this was (255 registers and
+        632 B spilled per thread); the second runs best at 4 warps, two programs to a multiprocessor (session 12)."""
         c, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -381,17 +381,15 @@ class _WKV7(torch.autograd.Function):
         lowp = LOW_PRECISION["chunk"]
         SA = torch.empty(B * H, NT, CHUNK, N, dtype=torch.bfloat16 if lowp else torch.float32, device=r.device)
         drhs = torch.empty_like(SA)
-        chunks, sizes = (NT, B * H), _sizes(N)
+        chunks = (NT, B * H)
         _bwd_values_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, dv, SA, drhs, T, NT, H=H, LOWP=lowp,
-                                   num_warps=WARPS["values"], **sizes)
-        del sizes["LOG_C"]
+                                   num_warps=WARPS["values"], **_sizes(N))
         _bwd_factors_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, SA, drhs, dr, dlw, dk, da, db, T, NT,
-                                    H=H, LOWP=lowp, num_warps=WARPS["factors"], **sizes)
-        grads = (dr, dlw, dk, dv, da, db)
+                                    H=H, N=N, C=CHUNK, LOWP=lowp, num_warps=WARPS["factors"])
         dstate = None
         if ctx.s0_batch is not None:
             dstate = ds0 if ctx.s0_batch == B else ds0.sum(0, keepdim=True)
-        return (*grads, dstate)
+        return dr, dlw, dk, dv, da, db, dstate
 
 
 def wkv7_triton(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
