@@ -130,7 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1x1024x32,8x4096x32,1x1024x12,1x65536x32", help="BxTxH, comma-separated")
     ap.add_argument("--variants", default="safe64,safe64-norecompute", help=", ".join(VARIANTS)
-                    + ", triton[:C=../BV=../prep=../fwd=../state=../values=../factors=../stages=../lowchunk=0|1/lowprep=0|1]")
+                    + ", triton[:C=../BV=../prep=../fwd=../state=../values=../factors=../stages=.."
+                      "/lowchunk=0|1/lowprep=0|1]")
     ap.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per call")
     args = ap.parse_args()
     print("| shape B,T,H | variant | ms fwd+bwd (wall) | ms GPU | rel err y | rel err dstate0 | worst other grad |")

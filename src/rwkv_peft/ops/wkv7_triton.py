@@ -35,8 +35,8 @@ The kernels:
 Measured on an H200 (bench/results/2026-12-03-h200-session12.md), GPU time per layer, forward + backward:
 0.366 ms at B=1, T=1024, H=32 (fla: 0.340) and 8.91 ms at B=8, T=4096 (fla: 7.43). In the trainer at 1.5B LoRA
 ctx 1024 it costs 1.7 GiB less than fla for 2% less speed, and 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp
-in 107 GiB (37.5% MFU), where fla would need ~45 GiB more (32 x the 1.4 GiB it keeps beyond ours at ctx 1024). Hence opt-in (`--op triton`):
-"auto" keeps fla, the faster at equal settings.
+in 107 GiB (37.5% MFU), where fla would need ~45 GiB more (32 x the 1.4 GiB it keeps beyond ours at ctx 1024).
+Hence opt-in (`--op triton`): "auto" keeps fla, the faster at equal settings.
 """
 
 import importlib.util
