@@ -219,6 +219,18 @@ if triton is not None:
         tl.store(ds0_ptr + bh * N * N + state_offs, dS)
 
     @triton.jit
+    def _load_factors(r_ptr, lw_ptr, k_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih, H: tl.constexpr, N: tl.constexpr,
+                      C: tl.constexpr):
+        """r, log w, k, a, b of one chunk (what M and the decays are made of, `_load_chunk`), and the chunk's
+        offsets and row mask."""
+        r, offs, mask = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        return r, lw, k, a, b, offs, mask
+
+    @triton.jit
     def _bwd_values_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
                            dv_ptr, sa_ptr, drhs_ptr, T, NT,
                            H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
@@ -234,11 +246,8 @@ if triton is not None:
         rows, cols = tl.arange(0, C), tl.arange(0, N)
         incl = rows[:, None] >= rows[None, :]
         strict = rows[:, None] > rows[None, :]
-        r, offs, mask = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        r, lw, k, a, b, offs, mask = _load_factors(r_ptr, lw_ptr, k_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih,
+                                                   H, N, C)
         g, gp, gC, h = _decays(lw, C)
         # The decayed factors: _c centred ones of M, _d chunk-wide ones.
         r_c, a_c = r * tl.exp(g - h[None, :]), a * tl.exp(gp - h[None, :])
@@ -292,11 +301,8 @@ if triton is not None:
         dM_rk = tl.where(incl, _mm(dy, tl.trans(v), LOWP), 0.0)
         dM_ab = tl.where(strict, _mm(drhs, tl.trans(SA), LOWP), 0.0)  # L = I - M_ab: dM_ab = +drhs SA^T
         dM_ak = tl.where(strict, _mm(drhs, tl.trans(v), LOWP), 0.0)
-        r, offs, mask = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        r, lw, k, a, b, offs, mask = _load_factors(r_ptr, lw_ptr, k_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih,
+                                                   H, N, C)
         g, gp, gC, h = _decays(lw, C)
         up, down, up_p = tl.exp(g - h[None, :]), tl.exp(h[None, :] - g), tl.exp(gp - h[None, :])
         tail = tl.exp(gC[None, :] - g)
