@@ -60,8 +60,8 @@ def kernels(args) -> list[tuple[str, object, dict, int]]:
     return [
         ("prep fwd", ours._prep_kernel, dict(H=32, FWD=True, LOWP=True, **sizes), args.prep_warps),
         ("prep bwd", ours._prep_kernel, dict(H=32, FWD=False, LOWP=True, **sizes), args.prep_warps),
-        ("walk fwd", ours._fwd_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_S0=True), 4),
-        ("walk bwd", ours._bwd_state_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_DST=True), 4),
+        ("walk fwd", ours._fwd_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_S0=True), ours.WARPS["fwd"]),
+        ("walk bwd", ours._bwd_state_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_DST=True), ours.WARPS["state"]),
         ("bwd values", ours._bwd_values_kernel, dict(H=32, LOWP=True, **sizes), args.values_warps),
         ("bwd factors", ours._bwd_factors_kernel, dict(H=32, LOWP=True, N=N, C=C), args.factors_warps),
     ]

@@ -383,9 +383,9 @@ class _WKV7(torch.autograd.Function):
                                                     num_warps=WARPS["state"], num_stages=STAGES)
         del A, Q
         dr, dlw, dk, dv, da, db = (torch.empty_like(x) for x in (r, log_w, k, v, a, b))
-        # SA and drhs enter only bf16 products when the products are bf16: stored so, nothing changes.
+        # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
         lowp = LOW_PRECISION["chunk"]
-        SA = torch.empty(B * H, NT, CHUNK, N, dtype=torch.bfloat16 if lowp else torch.float32, device=r.device)
+        SA = torch.empty(B * H, NT, CHUNK, N, dtype=states.dtype, device=r.device)
         drhs = torch.empty_like(SA)
         chunks = (NT, B * H)
         _bwd_values_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, dv, SA, drhs, T, NT, H=H, LOWP=lowp,
