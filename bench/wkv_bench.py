@@ -33,7 +33,7 @@ VARIANTS = {
 
 
 def ours_variant(name: str) -> dict:
-    """"triton" or e.g. "triton:C=16/BV=32/fwd=4/state=4/factors=8": this project's kernels (ops/wkv7_triton.py)
+    """"triton" or e.g. "triton:C=16/BV=32/fwd=4/state=4/factors=8/prefetch=0": this project's kernels (ops/wkv7_triton.py)
     with chunk size C, value rows per program BV and warps per kernel."""
     opts = dict(kv.split("=") for kv in name.partition(":")[2].split("/") if kv)
     return {key: int(val) for key, val in opts.items()}
@@ -47,12 +47,13 @@ def ours_fwd_bwd(opts: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: tor
 
     # Every variant starts from the module's defaults: settings named in the variant replace them.
     if not _OURS_DEFAULTS:
-        names = ("CHUNK", "VALUE_BLOCK", "WARPS", "STAGES", "LOW_PRECISION")
+        names = ("CHUNK", "VALUE_BLOCK", "WARPS", "STAGES", "PREFETCH", "LOW_PRECISION")
         _OURS_DEFAULTS.update({n: getattr(ours, n) for n in names})
     defaults = _OURS_DEFAULTS
     ours.CHUNK, ours.VALUE_BLOCK = opts.get("C", defaults["CHUNK"]), opts.get("BV", defaults["VALUE_BLOCK"])
     ours.WARPS = {kernel: opts.get(kernel, n) for kernel, n in defaults["WARPS"].items()}
     ours.STAGES = opts.get("stages", defaults["STAGES"])
+    ours.PREFETCH = bool(opts.get("prefetch", defaults["PREFETCH"]))
     ours.LOW_PRECISION = {kernel: bool(opts.get("low" + kernel, on))
                           for kernel, on in defaults["LOW_PRECISION"].items()}
     r, log_w, k, v, a, b, s0 = args

@@ -60,8 +60,10 @@ def kernels(args) -> list[tuple[str, object, dict, int]]:
     return [
         ("prep fwd", ours._prep_kernel, dict(H=32, FWD=True, LOWP=True, **sizes), args.prep_warps),
         ("prep bwd", ours._prep_kernel, dict(H=32, FWD=False, LOWP=True, **sizes), args.prep_warps),
-        ("walk fwd", ours._fwd_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_S0=True), ours.WARPS["fwd"]),
-        ("walk bwd", ours._bwd_state_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_DST=True), ours.WARPS["state"]),
+        ("walk fwd", ours._fwd_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_S0=True, PREFETCH=args.prefetch),
+         ours.WARPS["fwd"]),
+        ("walk bwd", ours._bwd_state_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_DST=True,
+                                                     PREFETCH=args.prefetch), ours.WARPS["state"]),
         ("bwd values", ours._bwd_values_kernel, dict(H=32, LOWP=True, **sizes), args.values_warps),
         ("bwd factors", ours._bwd_factors_kernel, dict(H=32, LOWP=True, N=N, C=C), args.factors_warps),
     ]
@@ -74,6 +76,7 @@ def main() -> None:
     ap.add_argument("--prep-warps", type=int, default=ours.WARPS["prep"])
     ap.add_argument("--values-warps", type=int, default=ours.WARPS["values"])
     ap.add_argument("--factors-warps", type=int, default=ours.WARPS["factors"])
+    ap.add_argument("--prefetch", type=int, default=int(ours.PREFETCH))
     args = ap.parse_args()
     for name, fn, consts, warps in kernels(args):
         k = compile_sm90(fn, consts, warps)

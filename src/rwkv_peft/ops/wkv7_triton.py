@@ -60,6 +60,7 @@ CHUNK = 32          # tokens per chunk: 16 or 32 (at 64 one per-chunk backward k
 VALUE_BLOCK = 16    # value rows per program in the sequential kernels
 WARPS = dict(prep=4, fwd=4, state=4, values=8, factors=4)  # per kernel (bench/wkv_bench.py)
 STAGES = 3          # software pipelining of the walks' loads
+PREFETCH = True     # the walks load the next chunk's operands before the current chunk's products
 # bf16 operands in the products of the parallel kernels (L's inverse stays fp32): per-chunk backward, prep.
 # Measured (bench/wkv_bench.py, H100): -5% and -10% of the kernels' time at ctx 1024 and 4096 x 8, errors against
 # the fp32 reference of y 3.3e-3 and of the gradients 8.2e-3 (fla: 2.5e-3 and 3.5e-3; all fp32: 2.0e-3, 3.0e-3).
@@ -164,11 +165,23 @@ if triton is not None:
             tl.store(yv_ptr + offs, _mm(M_rb, SAv, LOWP) + _mm(M_rk, v, LOWP))
 
     @triton.jit
+    def _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, c, NT, rows, cols, vcols, state_offs, N: tl.constexpr,
+                   C: tl.constexpr):
+        """What the forward walk reads for chunk c: A [N, N], Sv [BV, N], Q [C, N], Yv [C, BV]."""
+        chunk_states = (bh * NT + c) * N * N
+        prep = (bh * NT + c) * C * N + rows[:, None] * N
+        return (tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :]),
+                tl.load(sv_ptr + chunk_states + state_offs), tl.load(q_ptr + prep + cols[None, :]),
+                tl.load(yv_ptr + prep + vcols[None, :]))
+
+    @triton.jit
     def _fwd_kernel(v_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
-                    H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
+                    H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr,
+                    PREFETCH: tl.constexpr):
         """Grid (N // BV, B * H): the walk over the chunks, value rows vcols of one head:
         Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] get each chunk's start
-        state (bf16 or fp32: see `_WKV7.forward`); sT the final one."""
+        state (bf16 or fp32: see `_WKV7.forward`); sT the final one. PREFETCH issues the next chunk's loads
+        before this chunk's products, so that their latency overlaps the step's work on the critical path."""
         iv, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -178,27 +191,42 @@ if triton is not None:
             S = tl.load(s0_ptr + bh * N * N + state_offs)
         else:
             S = tl.zeros([BV, N], dtype=tl.float32)
+        A, Sv, Q, Yv = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, 0, NT, rows, cols, vcols, state_offs, N, C)
         for c in range(NT):
-            chunk_states = (bh * NT + c) * N * N
-            tl.store(states_ptr + chunk_states + state_offs, S.to(states_ptr.dtype.element_ty))
-            A = tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :])
-            Sv = tl.load(sv_ptr + chunk_states + state_offs)
-            prep = (bh * NT + c) * C * N + rows[:, None] * N
-            Q = tl.load(q_ptr + prep + cols[None, :])
-            Yv = tl.load(yv_ptr + prep + vcols[None, :])
+            if PREFETCH:  # the last chunk reads itself again: in bounds, and unused
+                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, tl.minimum(c + 1, NT - 1), NT, rows, cols,
+                                 vcols, state_offs, N, C)
+            else:
+                nxt = A, Sv, Q, Yv
+            tl.store(states_ptr + (bh * NT + c) * N * N + state_offs, S.to(states_ptr.dtype.element_ty))
             t = c * C + rows
             y_offs = ((ib * T + t) * H + ih)[:, None] * N + vcols[None, :]
             y = tl.dot(Q, tl.trans(S)) + Yv
             tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=(t < T)[:, None])
             S = tl.dot(S, A) + Sv
+            if PREFETCH:
+                A, Sv, Q, Yv = nxt
+            else:
+                A, Sv, Q, Yv = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, tl.minimum(c + 1, NT - 1), NT,
+                                          rows, cols, vcols, state_offs, N, C)
         tl.store(sT_ptr + bh * N * N + state_offs, S)
+
+    @triton.jit
+    def _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, c, T, NT, rows, cols, vcols, ib, ih, H: tl.constexpr,
+                   N: tl.constexpr, C: tl.constexpr):
+        """What the backward walk reads for chunk c: A^T [N, N], Q [C, N], dY [C, BV]."""
+        At = tl.load(trans_ptr + (bh * NT + c) * N * N + cols[None, :] * N + cols[:, None])
+        Q = tl.load(q_ptr + (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :])
+        dy, _, _ = _load_chunk(dy_ptr, c, T, rows, vcols, ib, ih, H, N, C)
+        return At, Q, dy
 
     @triton.jit
     def _bwd_state_kernel(trans_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
-                          HAS_DST: tl.constexpr):
+                          HAS_DST: tl.constexpr, PREFETCH: tl.constexpr):
         """Grid (N // BV, B * H): the walk back, dS0 = dS1 A^T + dY^T Q (`_prep_kernel`). dstates
-        [B, H, NT, N, N] gets the gradient of each chunk's end state; ds0 the initial state's."""
+        [B, H, NT, N, N] gets the gradient of each chunk's end state; ds0 the initial state's. PREFETCH as in
+        `_fwd_kernel`."""
         iv, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -208,14 +236,21 @@ if triton is not None:
             dS = tl.load(dsT_ptr + bh * N * N + state_offs)
         else:
             dS = tl.zeros([BV, N], dtype=tl.float32)
+        At, Q, dy = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih, H, N, C)
         for i in range(NT):
             c = NT - 1 - i
-            chunk_states = (bh * NT + c) * N * N
-            tl.store(dstates_ptr + chunk_states + state_offs, dS)
-            At = tl.load(trans_ptr + chunk_states + cols[None, :] * N + cols[:, None])   # A^T
-            Q = tl.load(q_ptr + (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :])
-            dy, _, _ = _load_chunk(dy_ptr, c, T, rows, vcols, ib, ih, H, N, C)
+            if PREFETCH:  # the first chunk reads itself again: in bounds, and unused
+                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, tl.maximum(c - 1, 0), T, NT, rows, cols, vcols,
+                                 ib, ih, H, N, C)
+            else:
+                nxt = At, Q, dy
+            tl.store(dstates_ptr + (bh * NT + c) * N * N + state_offs, dS)
             dS = tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
+            if PREFETCH:
+                At, Q, dy = nxt
+            else:
+                At, Q, dy = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, tl.maximum(c - 1, 0), T, NT, rows, cols,
+                                       vcols, ib, ih, H, N, C)
         tl.store(ds0_ptr + bh * N * N + state_offs, dS)
 
     @triton.jit
@@ -362,8 +397,8 @@ class _WKV7(torch.autograd.Function):
         sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
         s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
         _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
-                                              BV=VALUE_BLOCK, HAS_S0=s0 is not None, num_warps=WARPS["fwd"],
-                                              num_stages=STAGES)
+                                              BV=VALUE_BLOCK, HAS_S0=s0 is not None, PREFETCH=PREFETCH,
+                                              num_warps=WARPS["fwd"], num_stages=STAGES)
         ctx.save_for_backward(r, log_w, k, v, a, b, states)
         ctx.s0_batch = None if s0 is None else s0.shape[0]
         return y, sT
@@ -380,7 +415,7 @@ class _WKV7(torch.autograd.Function):
         dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
         _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
                                                     C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
-                                                    num_warps=WARPS["state"], num_stages=STAGES)
+                                                    PREFETCH=PREFETCH, num_warps=WARPS["state"], num_stages=STAGES)
         del A, Q
         dr, dlw, dk, dv, da, db = (torch.empty_like(x) for x in (r, log_w, k, v, a, b))
         # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
