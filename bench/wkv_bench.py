@@ -33,8 +33,9 @@ VARIANTS = {
 
 
 def ours_variant(name: str) -> dict:
-    """"triton" or e.g. "triton:C=16/BV=32/fwd=4/state=4/factors=8/prefetch=0": this project's kernels (ops/wkv7_triton.py)
-    with chunk size C, value rows per program BV and warps per kernel."""
+    """"triton" or e.g. "triton:C=16/BV=32/fwd=4/state=4/factors=8/prefetch=0": this project's kernels
+    (ops/wkv7_triton.py) with chunk size C, value rows per program BV, warps per kernel and the walks' prefetch;
+    "terms=1" calls them with RWKV-7's terms (w_raw, kk, iclr in bf16, as the model passes them; `as_terms`)."""
     opts = dict(kv.split("=") for kv in name.partition(":")[2].split("/") if kv)
     return {key: int(val) for key, val in opts.items()}
 
@@ -53,13 +54,34 @@ def ours_fwd_bwd(opts: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: tor
     ours.CHUNK, ours.VALUE_BLOCK = opts.get("C", defaults["CHUNK"]), opts.get("BV", defaults["VALUE_BLOCK"])
     ours.WARPS = {kernel: opts.get(kernel, n) for kernel, n in defaults["WARPS"].items()}
     ours.STAGES = opts.get("stages", defaults["STAGES"])
-    ours.PREFETCH = bool(opts.get("prefetch", defaults["PREFETCH"]))
+    ours.PREFETCH = bool(opts["prefetch"]) if "prefetch" in opts else defaults["PREFETCH"]
     ours.LOW_PRECISION = {kernel: bool(opts.get("low" + kernel, on))
                           for kernel, on in defaults["LOW_PRECISION"].items()}
     r, log_w, k, v, a, b, s0 = args
-    y, s = ours.wkv7_triton(r, log_w, k, v, a, b, s0.transpose(-1, -2))
+    if opts.get("terms"):
+        y, s = ours.wkv7_triton_terms(r, k=k, v=v, state=s0.transpose(-1, -2), **as_terms(log_w, a, b))
+    else:
+        y, s = ours.wkv7_triton(r, log_w, k, v, a, b, s0.transpose(-1, -2))
     torch.autograd.backward([y, s], [gy, gs.transpose(-1, -2)])
     return y, s.transpose(-1, -2)
+
+
+_TERMS: dict = {}
+
+
+def as_terms(log_w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> dict:
+    """w_raw, kk, iclr (bf16 leaves, made once per input) that give log w, a, b back: w_raw = logit(log w / bound),
+    kk = -a, iclr = b / kk. y and dstate0 compare with the reference up to w_raw's bf16 rounding; the gradients
+    are those of other tensors (the bench prints no error for them)."""
+    key = log_w.data_ptr()
+    if key not in _TERMS:
+        with torch.no_grad():
+            kk = -a.float()
+            # (clamped: log w / bound rounds to 1 for some inputs, and kk is 0 where a was)
+            terms = dict(w_raw=torch.logit(log_w / WKV7_LOG_DECAY_BOUND, eps=1e-6), kk=kk,
+                         iclr=torch.where(kk == 0, 0.0, b.float() / kk))
+        _TERMS[key] = {n: t.bfloat16().requires_grad_() for n, t in terms.items()}
+    return _TERMS[key]
 
 
 def wind_fwd_bwd(args: list[torch.Tensor], gy: torch.Tensor, gs: torch.Tensor):
@@ -132,7 +154,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="1x1024x32,8x4096x32,1x1024x12,1x65536x32", help="BxTxH, comma-separated")
     ap.add_argument("--variants", default="safe64,safe64-norecompute", help=", ".join(VARIANTS)
                     + ", triton[:C=../BV=../prep=../fwd=../state=../values=../factors=../stages=.."
-                      "/lowchunk=0|1/lowprep=0|1]")
+                      "/lowchunk=0|1/lowprep=0|1/prefetch=0|1/terms=0|1]")
     ap.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per call")
     args = ap.parse_args()
     print("| shape B,T,H | variant | ms fwd+bwd (wall) | ms GPU | rel err y | rel err dstate0 | worst other grad |")
@@ -155,9 +177,10 @@ def main() -> None:
                 t.grad = None
             try:
                 y, _ = fwd_bwd(variant, x, gy, gs)
+                terms = "terms=1" in name
                 errs = ("-", "-", "-") if ref_y is None else (
                     f"{rel(y, ref_y):.1e}", f"{rel(x[-1].grad, ref_ds):.1e}",
-                    f"{max(rel(t.grad, ref) for t, ref in zip(x[:-1], ref_grads)):.1e}")
+                    "-" if terms else f"{max(rel(t.grad, ref) for t, ref in zip(x[:-1], ref_grads)):.1e}")
                 call = partial(fwd_bwd, variant, x, gy, gs)
                 ms = do_bench(call, warmup=50, rep=300, return_mode="median")
                 gpu = gpu_ms(call, kernels=args.kernels)

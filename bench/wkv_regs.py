@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--prep-warps", type=int, default=ours.WARPS["prep"])
     ap.add_argument("--values-warps", type=int, default=ours.WARPS["values"])
     ap.add_argument("--factors-warps", type=int, default=ours.WARPS["factors"])
-    ap.add_argument("--prefetch", type=int, default=int(ours.PREFETCH))
+    ap.add_argument("--prefetch", type=int, default=1, help="the walks' PREFETCH (at the default's small grids: 1)")
     args = ap.parse_args()
     for name, fn, consts, warps in kernels(args):
         k = compile_sm90(fn, consts, warps)

@@ -9,8 +9,9 @@ import torch
 from torch._dynamo.utils import counters
 from torch.utils.checkpoint import checkpoint
 
+from rwkv_peft import ops
 from rwkv_peft.adapters import apply_adapter, spec_from_flags, trainable_parameters
-from rwkv_peft.model import RWKV6Config, RWKV7Config, compiled, model_from_state_dict, rwkv7
+from rwkv_peft.model import RWKV6Config, RWKV7Config, compiled, model_from_state_dict
 from rwkv_peft.model.init import random_state_dict
 from tests.conftest import rel_err
 
@@ -23,13 +24,13 @@ def test_bf16_autocast_keeps_a_bf16_residual_and_fp32_gradients(monkeypatch):
     for p in trained.values():
         p.data = p.data.float()  # the trainer's master copies
     seen, wkv_dtypes = [], []
-    real_wkv7 = rwkv7.wkv7
+    real_wkv7 = ops.wkv7
 
     def recording_wkv7(r, log_w, k, v, a, b, *args, **kwargs):
         wkv_dtypes.append({t.dtype for t in (r, k, v, a, b)})  # fla's kernels need one dtype for these
         return real_wkv7(r, log_w, k, v, a, b, *args, **kwargs)
 
-    monkeypatch.setattr(rwkv7, "wkv7", recording_wkv7)
+    monkeypatch.setattr(ops, "wkv7", recording_wkv7)  # what ops.wkv7_terms calls for the torch backend
     hooks = [b.register_forward_hook(lambda m, i, out: seen.append(out[0].dtype)) for b in model.blocks]
     # CUDA autocast runs the norms in fp32 and returns fp32 (CPU autocast does not): do the same here.
     hooks += [m.register_forward_hook(lambda m, i, out: out.float()) for m in model.modules()

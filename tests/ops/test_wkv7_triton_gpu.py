@@ -6,8 +6,10 @@ lengths that end mid-chunk, packed, with one state shared by the batch; and the 
 import pytest
 import torch
 
-from rwkv_peft.ops import wkv7, wkv7_triton
-from tests.ops.test_fla_gpu import LENGTHS, WKV7_NAMES, _compare, _run, _wkv7_inputs
+import torch.nn.functional as F
+
+from rwkv_peft.ops import wkv7, wkv7_terms, wkv7_triton
+from tests.ops.test_fla_gpu import LENGTHS, WKV7_NAMES, _compare, _rand, _run, _wkv7_inputs
 
 gpu = pytest.mark.gpu
 needs_triton = pytest.mark.skipif(not wkv7_triton.installed(), reason="Triton not installed")
@@ -19,6 +21,31 @@ needs_triton = pytest.mark.skipif(not wkv7_triton.installed(), reason="Triton no
 def test_wkv7_triton_matches_reference(T):
     inputs = _wkv7_inputs(2, T, seed=T)
     _compare(WKV7_NAMES, _run(wkv7, inputs, "triton", False), _run(wkv7, inputs, "torch", True))
+
+
+def _terms_inputs(B, T, seed):
+    """bf16 r, w_raw, k, v, kk, iclr as the model makes them; fp32 initial state."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    H, N = 4, 64
+    r, w_raw, k, v = (_rand(B, T, H, N, g=g) for _ in range(4))
+    kk = F.normalize(_rand(B, T, H, N, g=g), dim=-1)
+    iclr = torch.rand(B, T, H, N, generator=g, device="cuda")
+    return [*(x.bfloat16() for x in (r, w_raw, k, v, kk, iclr)), _rand(B, H, N, N, g=g) * 0.5]
+
+
+@gpu
+@needs_triton
+@pytest.mark.parametrize("T", [33, 1000])
+def test_wkv7_terms_match_reference(T):
+    """RWKV-7's terms (w_raw, kk, iclr) into the kernels, against the torch backend forming log w, a, b from them."""
+    inputs = _terms_inputs(2, T, seed=T)
+    names = ["r", "w_raw", "k", "v", "kk", "iclr", "state0"]
+    _compare(names, _run(wkv7_terms, inputs, "triton", False), _run(wkv7_terms, inputs, "torch", True))
+    lengths = [5, 130, 1, 64, 300]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
+    *seq, s0 = _terms_inputs(1, sum(lengths), seed=T + 1)
+    packed = [*seq, s0.expand(len(lengths), -1, -1, -1) * 0.7]
+    _compare(names, _run(wkv7_terms, packed, "triton", False, cu), _run(wkv7_terms, packed, "torch", True, cu))
 
 
 @gpu

@@ -11,7 +11,6 @@ Choices that matter for parity with the official `rwkv` package: LayerNorm eps 1
 decay = exp(-e^{-1/2} sigmoid(w0 + tanh(x w1) w2)) computed in fp32, and the WKV state kept in fp32.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -19,14 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import relu_squared, token_shift, wkv7
+from ..ops import relu_squared, token_shift, wkv7_terms
 from .compiled import block_runners
 from .embed import embed
 from .state import RWKVState
-
-# e^{-1/2}: the largest per-step log-decay magnitude; keeps every decay in (0.545, 1).
-_DECAY_SCALE = math.exp(-0.5)
-
 
 def _round32(x: float) -> int:
     return max(32, round(x / 32) * 32)
@@ -130,8 +125,7 @@ class TimeMix(nn.Module):
 
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         hw, ha, hv, hg = self.lowrank_hidden(x, d, value_residual=v_first is not None)
-        w_raw = self.w0 + torch.tanh(hw) @ self.w2
-        log_w = -_DECAY_SCALE * torch.sigmoid(w_raw.float())
+        w_raw = self.w0 + torch.tanh(hw) @ self.w2   # the log decay is -e^{-1/2} sigmoid(w_raw): in wkv7_terms
         # Layer 0 is told apart by having no v_first yet, not by its index: a compiled block then serves every
         # layer (an index would be a guard, and each layer would recompile).
         if v_first is None:
@@ -145,8 +139,8 @@ class TimeMix(nn.Module):
         kk = F.normalize((k * c(self.k_k)).view(B, T, H, N), dim=-1)
         k = k * (1 + (iclr - 1) * c(self.k_a))
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
-        y, wkv_state = wkv7(heads(r), heads(log_w), heads(k), heads(v), -kk, kk * heads(iclr), wkv_state,
-                            cu_seqlens=cu_seqlens, backend=backend)
+        y, wkv_state = wkv7_terms(heads(r), heads(w_raw), heads(k), heads(v), kk, heads(iclr), wkv_state,
+                                  cu_seqlens=cu_seqlens, backend=backend)
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C).to(r.dtype)
         bonus = (heads(r) * heads(k) * c(self.r_k)).sum(-1, keepdim=True) * heads(v)

@@ -13,7 +13,7 @@ from . import fla, registry, wind, wkv7_triton
 from .relu_squared import relu_squared
 from .token_shift import token_shift
 from .wkv6 import wkv6_chunked, wkv6_recurrent
-from .wkv7 import wkv7_chunked, wkv7_recurrent
+from .wkv7 import LOG_DECAY_BOUND, rwkv7_log_decay, wkv7_chunked, wkv7_recurrent
 
 _always = lambda device: True  # noqa: E731
 
@@ -28,6 +28,11 @@ registry.register("wkv7", "wind", wind.wkv7_wind, wind.available, priority=-1,
 # This project's own Triton kernels (wkv7_triton.py): opt-in until measured against fla.
 registry.register("wkv7", "triton", wkv7_triton.wkv7_triton, wkv7_triton.available, priority=-1,
                   unavailable_reason=wkv7_triton.unavailable_reason)
+# Backends that take RWKV-7's own terms (`wkv7_terms`). None may be picked by "auto" (priority -1 above): the model
+# decides by the name it was given whether to form log w, a, b itself.
+registry.register("wkv7_terms", "triton", wkv7_triton.wkv7_triton_terms, wkv7_triton.available,
+                  unavailable_reason=wkv7_triton.unavailable_reason)
+_TAKES_TERMS = frozenset(registry.backends("wkv7_terms"))
 
 
 def _per_document(fn, cu_seqlens: Tensor, state: Tensor | None, seq_args: tuple, extra: tuple = ()):
@@ -65,6 +70,26 @@ def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     return impl.fn(r, log_w, k, v, a, b, state=state)
 
 
+def wkv7_terms(r: Tensor, w_raw: Tensor, k: Tensor, v: Tensor, kk: Tensor, iclr: Tensor, state: Tensor | None = None,
+               *, cu_seqlens: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """RWKV-7's WKV from the model's own terms, each [B, T, H, N]: its decay path's output w_raw, removal key kk and
+    in-context learning rate iclr; that is `wkv7` with log_w = rwkv7_log_decay(w_raw), a = -kk, b = kk * iclr.
+
+    A backend that takes the terms (--op triton) forms those inside its kernels and keeps only the terms for
+    backward, which the caller's graph keeps anyway. For the others they are formed here, outside the WKV call,
+    so under torch.compile they stay in the caller's compiled graph, fused with its other elementwise work."""
+    if backend in _TAKES_TERMS:
+        return _wkv7_terms_native(r, w_raw, k, v, kk, iclr, state, cu_seqlens=cu_seqlens, backend=backend)
+    return wkv7(r, rwkv7_log_decay(w_raw), k, v, -kk, kk * iclr, state, cu_seqlens=cu_seqlens, backend=backend)
+
+
+@torch.compiler.disable
+def _wkv7_terms_native(r, w_raw, k, v, kk, iclr, state, *, cu_seqlens, backend):
+    _check_packed(r, cu_seqlens)
+    fn = registry.resolve("wkv7_terms", backend, r.device).fn
+    return fn(r, w_raw, k, v, kk, iclr, state=state, cu_seqlens=cu_seqlens)
+
+
 @torch.compiler.disable
 def wkv6(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tensor | None = None, *,
          cu_seqlens: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -78,5 +103,5 @@ def wkv6(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tenso
     return impl.fn(r, log_w, k, v, u, state=state)
 
 
-__all__ = ["wkv7", "wkv6", "token_shift", "relu_squared", "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent",
-           "wkv6_chunked", "registry"]
+__all__ = ["wkv7", "wkv7_terms", "wkv6", "rwkv7_log_decay", "LOG_DECAY_BOUND", "token_shift", "relu_squared",
+           "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent", "wkv6_chunked", "registry"]

@@ -5,14 +5,26 @@ the one `time_state` files and the `rwkv` package use). With row vectors r, w, k
 
     S_t = S_{t-1} (diag(w_t) + a_t^T b_t) + v_t^T k_t          y_t = S_t r_t^T
 
-RWKV-7 calls this with a = -kk and b = kk * iclr, and w = exp(log_w) with log_w in (-e^-0.5, 0).
+RWKV-7 calls this with a = -kk and b = kk * iclr, and w = exp(log_w) with log_w = -e^-0.5 sigmoid(w_raw)
+(`rwkv7_log_decay`): its "terms" kk, iclr and w_raw, which `ops.wkv7_terms` takes as they are.
 
 Both forms take the log decay, an optional fp32 initial state and return the fp32 final state; autograd gives
 gradients for every input, the initial state included (state tuning trains it).
 """
 
+import math
+
 import torch
 from torch import Tensor
+
+# RWKV-7's log decay is -e^{-1/2} sigmoid(.), so it never goes below this; the fast kernels rely on the bound.
+LOG_DECAY_BOUND = -math.exp(-0.5)
+
+
+def rwkv7_log_decay(w_raw: Tensor) -> Tensor:
+    """RWKV-7's log decay from its decay path's output w_raw (w0 + tanh(x_w w1) w2), in fp32 as the official
+    package computes it (float64 for float64): in (LOG_DECAY_BOUND, 0)."""
+    return LOG_DECAY_BOUND * torch.sigmoid(w_raw if w_raw.dtype == torch.float64 else w_raw.float())
 
 
 def wkv7_recurrent(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,

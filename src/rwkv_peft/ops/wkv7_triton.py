@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from .wkv7 import LOG_DECAY_BOUND
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it (then this backend is unavailable).
     import triton
@@ -53,18 +54,33 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it (t
 except ImportError:  # pragma: no cover - exercised only without Triton
     triton = None
 
-# The kernels assume RWKV-7's log decay, >= fla.WKV7_LOG_DECAY_BOUND = -e^{-1/2}: it bounds their exponents
-# (module docstring).
+# The kernels assume RWKV-7's log decay, >= LOG_DECAY_BOUND = -e^{-1/2}: it bounds their exponents (module
+# docstring).
 CHUNK = 32          # tokens per chunk: 16 or 32 (at 64 one per-chunk backward kernel needed more shared memory than an
                     # H100 has, session 10)
 VALUE_BLOCK = 16    # value rows per program in the sequential kernels
 WARPS = dict(prep=4, fwd=4, state=4, values=8, factors=4)  # per kernel (bench/wkv_bench.py)
 STAGES = 3          # software pipelining of the walks' loads
-PREFETCH = True     # the walks load the next chunk's operands before the current chunk's products
+# The walks can load the next chunk's operands before the current chunk's products (232 registers instead of 168
+# per thread: two programs per multiprocessor instead of three). None: only when the walk has at most two programs
+# per multiprocessor, where that costs no programs in flight. H200, per layer: 0.369 -> 0.353 ms at 1 x 1024 x 32
+# (128 programs), 8.94 -> 9.05 ms at 8 x 4096 x 32 (1024 programs; session 13).
+PREFETCH: bool | None = None
 # bf16 operands in the products of the parallel kernels (L's inverse stays fp32): per-chunk backward, prep.
 # Measured (bench/wkv_bench.py, H100): -5% and -10% of the kernels' time at ctx 1024 and 4096 x 8, errors against
 # the fp32 reference of y 3.3e-3 and of the gradients 8.2e-3 (fla: 2.5e-3 and 3.5e-3; all fp32: 2.0e-3, 3.0e-3).
 LOW_PRECISION = dict(chunk=True, prep=True)
+
+
+@cache
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _prefetch(programs: int, device: torch.device) -> bool:
+    if PREFETCH is not None or device.type != "cuda":  # not CUDA: Triton's interpreter (tests)
+        return PREFETCH is not False
+    return programs <= 2 * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @cache
@@ -83,6 +99,7 @@ def unavailable_reason(device: torch.device) -> str:
 
 
 if triton is not None:
+    _BOUND = tl.constexpr(LOG_DECAY_BOUND)
 
     @triton.jit
     def _tril_inverse(M, C: tl.constexpr, LOG_C: tl.constexpr):
@@ -111,6 +128,21 @@ if triton is not None:
         return tl.load(ptr + offs, mask=(t < T)[:, None], other=0.0).to(tl.float32), offs, (t < T)[:, None]
 
     @triton.jit
+    def _load_decay_ab(lw_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih, H: tl.constexpr, N: tl.constexpr,
+                       C: tl.constexpr, TERMS: tl.constexpr):
+        """log w, a, b of one chunk as fp32 [C, N]. TERMS: the pointers hold RWKV-7's own terms instead, w_raw, kk
+        and iclr, and the model's formulas run here: log w = -e^{-1/2} sigmoid(w_raw), a = -kk, b = kk iclr (rows
+        past T still get log w = 0)."""
+        lw, _, mask = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        if TERMS:
+            lw = tl.where(mask, _BOUND * tl.sigmoid(lw), 0.0)
+            b = a * b
+            a = -a
+        return lw, a, b
+
+    @triton.jit
     def _decays(lw, C: tl.constexpr):
         """Cumulative log decays of a chunk: g (inclusive), g' = g - log w, gC (the chunk's total), and the
         centre gC / 2 that keeps the factored exponents small."""
@@ -121,7 +153,7 @@ if triton is not None:
     @triton.jit
     def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, T, NT,
                      H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr, FWD: tl.constexpr,
-                     LOWP: tl.constexpr):
+                     LOWP: tl.constexpr, TERMS: tl.constexpr):
         """Grid (NT, B * H): everything of a chunk that does not depend on its start state S0, so that the walks
         over the chunks do one small product per chunk on their critical path:
             S1 = S0 A + Sv,   Y = Q S0^T + Yv                     (forward)
@@ -130,16 +162,14 @@ if triton is not None:
         b_d = b e^{gC-g}, k_d = k e^{gC-g}:
             A = diag(e^gC) + W^T b_d,   Sv = SAv^T b_d + V^T k_d,   Q = r e^g + M_rb W,   Yv = M_rb SAv + M_rk V.
         Outputs fp32: trans (A) and sv [B * H, NT, N, N]; q and yv [B * H, NT, C, N]. FWD=False: A and Q only.
-        LOWP: bf16 operands in every product but L's inverse."""
+        LOWP: bf16 operands in every product but L's inverse. TERMS: see `_load_decay_ab`."""
         c, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
         incl = rows[:, None] >= rows[None, :]
         strict = rows[:, None] > rows[None, :]
         r, _, _ = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        lw, a, b = _load_decay_ab(lw_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih, H, N, C, TERMS)
         g, gp, gC, h = _decays(lw, C)
         r_c = r * tl.exp(g - h[None, :])
         a_c = a * tl.exp(gp - h[None, :])
@@ -255,21 +285,19 @@ if triton is not None:
 
     @triton.jit
     def _load_factors(r_ptr, lw_ptr, k_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih, H: tl.constexpr, N: tl.constexpr,
-                      C: tl.constexpr):
-        """r, log w, k, a, b of one chunk (what M and the decays are made of, `_load_chunk`), and the chunk's
-        offsets and row mask."""
+                      C: tl.constexpr, TERMS: tl.constexpr):
+        """r, log w, k, a, b of one chunk (what M and the decays are made of, `_load_chunk`, `_load_decay_ab`), and
+        the chunk's offsets and row mask."""
         r, offs, mask = _load_chunk(r_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        lw, _, _ = _load_chunk(lw_ptr, c, T, rows, cols, ib, ih, H, N, C)
         k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        a, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        b, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+        lw, a, b = _load_decay_ab(lw_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih, H, N, C, TERMS)
         return r, lw, k, a, b, offs, mask
 
     @triton.jit
     def _bwd_values_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
                            dv_ptr, sa_ptr, drhs_ptr, T, NT,
                            H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
-                           LOWP: tl.constexpr):
+                           LOWP: tl.constexpr, TERMS: tl.constexpr):
         """Grid (NT, B * H), the first half of the per-chunk backward: one chunk of one head, all N value rows.
         From S0, dS1 and dY it recomputes the chunk (M, L^-1, SA = L^-1 (a_d S0^T + M_ak V)), goes back through
         Y = r_d S0^T + M_rb SA + M_rk V and S1 = S0 e^gC + SA^T b_d + V^T k_d to SA and L's right-hand side
@@ -282,7 +310,7 @@ if triton is not None:
         incl = rows[:, None] >= rows[None, :]
         strict = rows[:, None] > rows[None, :]
         r, lw, k, a, b, offs, mask = _load_factors(r_ptr, lw_ptr, k_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih,
-                                                   H, N, C)
+                                                   H, N, C, TERMS)
         g, gp, gC, h = _decays(lw, C)
         # The decayed factors: _c centred ones of M, _d chunk-wide ones.
         r_c, a_c = r * tl.exp(g - h[None, :]), a * tl.exp(gp - h[None, :])
@@ -310,9 +338,11 @@ if triton is not None:
     @triton.jit
     def _bwd_factors_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
                             sa_ptr, drhs_ptr, dr_ptr, dlw_ptr, dk_ptr, da_ptr, db_ptr, T, NT,
-                            H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr):
+                            H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr,
+                            TERMS: tl.constexpr):
         """Grid (NT, B * H), the second half: from SA and drhs (`_bwd_values_kernel`), dY, S0 and dS1, the
-        gradients of M = x_c y_c^T and of the chunk-wide terms, and through them of r, log w, k, a, b."""
+        gradients of M = x_c y_c^T and of the chunk-wide terms, and through them of r, log w, k, a, b (TERMS: of
+        w_raw, kk and iclr, `_load_decay_ab`)."""
         c, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -337,7 +367,7 @@ if triton is not None:
         dM_ab = tl.where(strict, _mm(drhs, tl.trans(SA), LOWP), 0.0)  # L = I - M_ab: dM_ab = +drhs SA^T
         dM_ak = tl.where(strict, _mm(drhs, tl.trans(v), LOWP), 0.0)
         r, lw, k, a, b, offs, mask = _load_factors(r_ptr, lw_ptr, k_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih,
-                                                   H, N, C)
+                                                   H, N, C, TERMS)
         g, gp, gC, h = _decays(lw, C)
         up, down, up_p = tl.exp(g - h[None, :]), tl.exp(h[None, :] - g), tl.exp(gp - h[None, :])
         tail = tl.exp(gC[None, :] - g)
@@ -359,6 +389,13 @@ if triton is not None:
         # g = inclusive cumsum of log w, g' = exclusive: log w_s gets the g-gradients of tokens t >= s, the
         # g'-gradients of tokens t > s, and the chunk total's.
         dlw = tl.cumsum(dg, axis=0, reverse=True) + tl.cumsum(dgp, axis=0, reverse=True) - dgp + dgC[None, :]
+        # TERMS: on through a = -kk, b = kk iclr and log w = B sigmoid(w_raw), B the bound, whose derivative in
+        # w_raw is log w (1 - log w / B).
+        if TERMS:
+            kk, _, _ = _load_chunk(a_ptr, c, T, rows, cols, ib, ih, H, N, C)
+            iclr, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
+            da, db = db * iclr - da, db * kk
+            dlw = dlw * lw * (1.0 - lw / _BOUND)
         tl.store(dr_ptr + offs, dr.to(dr_ptr.dtype.element_ty), mask=mask)
         tl.store(dlw_ptr + offs, dlw.to(dlw_ptr.dtype.element_ty), mask=mask)
         tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
@@ -370,23 +407,26 @@ def _sizes(N: int) -> dict:
     return dict(N=N, C=CHUNK, LOG_C=CHUNK.bit_length() - 1)
 
 
-def _prep(r, log_w, k, v, a, b, NT: int, fwd: bool) -> list[Tensor]:
+def _prep(r, log_w, k, v, a, b, NT: int, fwd: bool, terms: bool) -> list[Tensor]:
     """A, Q (and with fwd Sv, Yv) of every chunk: `_prep_kernel`."""
     B, T, H, N = r.shape
     f32 = dict(dtype=torch.float32, device=r.device)
     A, Q = torch.empty(B * H, NT, N, N, **f32), torch.empty(B * H, NT, CHUNK, N, **f32)
     Sv, Yv = (torch.empty_like(A), torch.empty_like(Q)) if fwd else (A, Q)
     _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, A, Q, Sv, Yv, T, NT, H=H, FWD=fwd, LOWP=LOW_PRECISION["prep"],
-                              num_warps=WARPS["prep"], **_sizes(N))
+                              TERMS=terms, num_warps=WARPS["prep"], **_sizes(N))
     return [A, Q, Sv, Yv] if fwd else [A, Q]
 
 
 class _WKV7(torch.autograd.Function):
+    """(r, log w, k, v, a, b) or with `terms` (r, w_raw, k, v, kk, iclr): `_load_decay_ab`."""
+
     @staticmethod
-    def forward(ctx, r, log_w, k, v, a, b, s0):
+    def forward(ctx, r, log_w, k, v, a, b, s0, terms):
         B, T, H, N = r.shape
         NT = triton.cdiv(T, CHUNK)
-        A, Q, Sv, Yv = _prep(r, log_w, k, v, a, b, NT, fwd=True)
+        ctx.terms = terms
+        A, Q, Sv, Yv = _prep(r, log_w, k, v, a, b, NT, fwd=True, terms=terms)
         y = torch.empty_like(r)
         # The chunks' start states are kept for backward, where they enter only products, and so only bf16 ones
         # when the products are bf16 (and the sum over value rows for the decay's gradient): stored in bf16 then,
@@ -397,7 +437,8 @@ class _WKV7(torch.autograd.Function):
         sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
         s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
         _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
-                                              BV=VALUE_BLOCK, HAS_S0=s0 is not None, PREFETCH=PREFETCH,
+                                              BV=VALUE_BLOCK, HAS_S0=s0 is not None,
+                                              PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                               num_warps=WARPS["fwd"], num_stages=STAGES)
         ctx.save_for_backward(r, log_w, k, v, a, b, states)
         ctx.s0_batch = None if s0 is None else s0.shape[0]
@@ -408,14 +449,15 @@ class _WKV7(torch.autograd.Function):
         r, log_w, k, v, a, b, states = ctx.saved_tensors
         B, T, H, N = r.shape
         NT = states.shape[2]
-        A, Q = _prep(r, log_w, k, v, a, b, NT, fwd=False)
+        A, Q = _prep(r, log_w, k, v, a, b, NT, fwd=False, terms=ctx.terms)
         dy = torch.zeros_like(r) if dy is None else dy.contiguous()
         dstates = torch.empty_like(states, dtype=torch.float32)
         ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
         dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
         _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
                                                     C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
-                                                    PREFETCH=PREFETCH, num_warps=WARPS["state"], num_stages=STAGES)
+                                                    PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
+                                                    num_warps=WARPS["state"], num_stages=STAGES)
         del A, Q
         dr, dlw, dk, dv, da, db = (torch.empty_like(x) for x in (r, log_w, k, v, a, b))
         # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
@@ -424,13 +466,19 @@ class _WKV7(torch.autograd.Function):
         drhs = torch.empty_like(SA)
         chunks = (NT, B * H)
         _bwd_values_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, dv, SA, drhs, T, NT, H=H, LOWP=lowp,
-                                   num_warps=WARPS["values"], **_sizes(N))
+                                   TERMS=ctx.terms, num_warps=WARPS["values"], **_sizes(N))
         _bwd_factors_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, SA, drhs, dr, dlw, dk, da, db, T, NT,
-                                    H=H, N=N, C=CHUNK, LOWP=lowp, num_warps=WARPS["factors"])
+                                    H=H, N=N, C=CHUNK, LOWP=lowp, TERMS=ctx.terms, num_warps=WARPS["factors"])
         dstate = None
         if ctx.s0_batch is not None:
             dstate = ds0 if ctx.s0_batch == B else ds0.sum(0, keepdim=True)
-        return dr, dlw, dk, dv, da, db, dstate
+        return dr, dlw, dk, dv, da, db, dstate, None
+
+
+def _check_head_size(N: int) -> None:
+    if N < VALUE_BLOCK or N & (N - 1):
+        raise UserError(f"--op triton needs a head size that is a power of two >= {VALUE_BLOCK}, not {N}; "
+                        "use --op auto")
 
 
 def wkv7_triton(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
@@ -438,14 +486,27 @@ def wkv7_triton(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Te
     """Shapes as `wkv7_recurrent`: r, log_w, k, v, a, b [B, T, H, N]; state [B or 1, H, N, N] fp32 or None.
     Needs log_w >= -e^{-1/2} (what RWKV-7 computes). Returns y [B, T, H, N] in r's dtype and the final state
     [B, H, N, N] fp32. Packed documents (cu_seqlens) run one document at a time."""
-    N = r.shape[-1]
-    if N < VALUE_BLOCK or N & (N - 1):
-        raise UserError(f"--op triton needs a head size that is a power of two >= {VALUE_BLOCK}, not {N}; "
-                        "use --op auto")
+    _check_head_size(r.shape[-1])
     if cu_seqlens is not None:
         from . import _per_document  # imported late: ops imports us
 
         return _per_document(wkv7_triton, cu_seqlens, state, (r, log_w, k, v, a, b))
     k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
     r, log_w, k, v, a, b = (t.contiguous() for t in (r, log_w, k, v, a, b))
-    return _WKV7.apply(r, log_w, k, v, a, b, state)
+    return _WKV7.apply(r, log_w, k, v, a, b, state, False)
+
+
+def wkv7_triton_terms(r: Tensor, w_raw: Tensor, k: Tensor, v: Tensor, kk: Tensor, iclr: Tensor,
+                      state: Tensor | None = None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`wkv7_triton` from RWKV-7's own terms (`ops.wkv7_terms`): log w = -e^{-1/2} sigmoid(w_raw), a = -kk and
+    b = kk iclr are formed inside the kernels, so that what backward keeps is w_raw, kk and iclr, tensors the
+    model's compiled graph keeps anyway, instead of an fp32 log w and two products of its own (1.5B: 12 MiB per
+    layer per 1K tokens less, counted on the CPU with the saved-tensor hooks)."""
+    _check_head_size(r.shape[-1])
+    if cu_seqlens is not None:
+        from . import _per_document  # imported late: ops imports us
+
+        return _per_document(wkv7_triton_terms, cu_seqlens, state, (r, w_raw, k, v, kk, iclr))
+    k, v, kk, iclr = (t.to(r.dtype) for t in (k, v, kk, iclr))
+    r, w_raw, k, v, kk, iclr = (t.contiguous() for t in (r, w_raw, k, v, kk, iclr))
+    return _WKV7.apply(r, w_raw, k, v, kk, iclr, state, True)
