@@ -32,11 +32,16 @@ The kernels:
   computed, in the kernels' comments). As one kernel it spilled 632 B of registers per thread and ran 4% slower at
   8 x 4096 (bench/wkv_regs.py, session 12).
 
-Measured on an H200 (bench/results/2026-12-03-h200-session12.md), GPU time per layer, forward + backward:
-0.366 ms at B=1, T=1024, H=32 (fla: 0.340) and 8.91 ms at B=8, T=4096 (fla: 7.43). In the trainer at 1.5B LoRA
-ctx 1024 it costs 1.7 GiB less than fla for 2% less speed, and 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp
-in 107 GiB (37.5% MFU), where fla would need ~45 GiB more (32 x the 1.4 GiB it keeps beyond ours at ctx 1024).
-Hence opt-in (`--op triton`): "auto" keeps fla, the faster at equal settings.
+RWKV-7's model passes its own terms (`ops.wkv7_terms`: w_raw, kk, iclr) and the kernels form log w, a and b as they
+load a chunk (`_load_decay_ab`), so that backward keeps tensors the model's compiled graph keeps anyway.
+
+Measured on an H200 (bench/results/2026-12-03-h200-session13.md), GPU time per layer, forward + backward:
+0.346 ms at B=1, T=1024, H=32 (fla: 0.340) and 9.0 ms at B=8, T=4096 (fla: 7.43). In the trainer at 1.5B LoRA
+ctx 1024 it is 2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s), and 1.5B LoRA at ctx 4096 x 8
+trains without --grad_cp in 97 GiB (38.1% MFU), where fla would need ~60 GiB more (32 x the 1.9 GiB it keeps
+beyond ours at ctx 1024).
+Still opt-in (`--op triton`): "auto" keeps fla until the acceptance device (an H100) and many-sequence batches
+have been compared in one run (bench/NOTES.md).
 """
 
 import importlib.util
