@@ -23,6 +23,7 @@ from .compiled import block_runners
 from .embed import embed
 from .state import RWKVState
 
+
 def _round32(x: float) -> int:
     return max(32, round(x / 32) * 32)
 

@@ -28,8 +28,8 @@ registry.register("wkv7", "wind", wind.wkv7_wind, wind.available, priority=-1,
 # This project's own Triton kernels (wkv7_triton.py): opt-in until measured against fla.
 registry.register("wkv7", "triton", wkv7_triton.wkv7_triton, wkv7_triton.available, priority=-1,
                   unavailable_reason=wkv7_triton.unavailable_reason)
-# Backends that take RWKV-7's own terms (`wkv7_terms`). None may be picked by "auto" (priority -1 above): the model
-# decides by the name it was given whether to form log w, a, b itself.
+# Backends that take RWKV-7's own terms (`wkv7_terms`): only when named, since "auto" never resolves to them (priority
+# -1 above); under "auto" log w, a, b are formed in the caller's graph.
 registry.register("wkv7_terms", "triton", wkv7_triton.wkv7_triton_terms, wkv7_triton.available,
                   unavailable_reason=wkv7_triton.unavailable_reason)
 _TAKES_TERMS = frozenset(registry.backends("wkv7_terms"))
