@@ -480,10 +480,18 @@ class _WKV7(torch.autograd.Function):
         return dr, dlw, dk, dv, da, db, dstate, None
 
 
-def _check_head_size(N: int) -> None:
+def _call(entry, terms: bool, r, decay, k, v, a, b, state, cu_seqlens) -> tuple[Tensor, Tensor]:
+    """Both entry points: checks, packed documents one at a time, dtypes and layout, then the kernels."""
+    N = r.shape[-1]
     if N < VALUE_BLOCK or N & (N - 1):
         raise UserError(f"--op triton needs a head size that is a power of two >= {VALUE_BLOCK}, not {N}; "
                         "use --op auto")
+    if cu_seqlens is not None:
+        from . import _per_document  # imported late: ops imports us
+
+        return _per_document(entry, cu_seqlens, state, (r, decay, k, v, a, b))
+    k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
+    return _WKV7.apply(*(t.contiguous() for t in (r, decay, k, v, a, b)), state, terms)
 
 
 def wkv7_triton(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
@@ -491,14 +499,7 @@ def wkv7_triton(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Te
     """Shapes as `wkv7_recurrent`: r, log_w, k, v, a, b [B, T, H, N]; state [B or 1, H, N, N] fp32 or None.
     Needs log_w >= -e^{-1/2} (what RWKV-7 computes). Returns y [B, T, H, N] in r's dtype and the final state
     [B, H, N, N] fp32. Packed documents (cu_seqlens) run one document at a time."""
-    _check_head_size(r.shape[-1])
-    if cu_seqlens is not None:
-        from . import _per_document  # imported late: ops imports us
-
-        return _per_document(wkv7_triton, cu_seqlens, state, (r, log_w, k, v, a, b))
-    k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
-    r, log_w, k, v, a, b = (t.contiguous() for t in (r, log_w, k, v, a, b))
-    return _WKV7.apply(r, log_w, k, v, a, b, state, False)
+    return _call(wkv7_triton, False, r, log_w, k, v, a, b, state, cu_seqlens)
 
 
 def wkv7_triton_terms(r: Tensor, w_raw: Tensor, k: Tensor, v: Tensor, kk: Tensor, iclr: Tensor,
@@ -507,11 +508,4 @@ def wkv7_triton_terms(r: Tensor, w_raw: Tensor, k: Tensor, v: Tensor, kk: Tensor
     b = kk iclr are formed inside the kernels, so that what backward keeps is w_raw, kk and iclr, tensors the
     model's compiled graph keeps anyway, instead of an fp32 log w and two products of its own (1.5B: 12 MiB per
     layer per 1K tokens less, counted on the CPU with the saved-tensor hooks)."""
-    _check_head_size(r.shape[-1])
-    if cu_seqlens is not None:
-        from . import _per_document  # imported late: ops imports us
-
-        return _per_document(wkv7_triton_terms, cu_seqlens, state, (r, w_raw, k, v, kk, iclr))
-    k, v, kk, iclr = (t.to(r.dtype) for t in (k, v, kk, iclr))
-    r, w_raw, k, v, kk, iclr = (t.contiguous() for t in (r, w_raw, k, v, kk, iclr))
-    return _WKV7.apply(r, w_raw, k, v, kk, iclr, state, True)
+    return _call(wkv7_triton_terms, True, r, w_raw, k, v, kk, iclr, state, cu_seqlens)
