@@ -83,8 +83,10 @@ def _multiprocessors(index: int) -> int:
 
 
 def _prefetch(programs: int, device: torch.device) -> bool:
-    if PREFETCH is not None or device.type != "cuda":  # not CUDA: Triton's interpreter (tests)
-        return PREFETCH is not False
+    if PREFETCH is not None:
+        return PREFETCH
+    if device.type != "cuda":  # Triton's interpreter (tests): either way is right there
+        return True
     return programs <= 2 * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
 
 
@@ -228,22 +230,18 @@ if triton is not None:
             S = tl.zeros([BV, N], dtype=tl.float32)
         A, Sv, Q, Yv = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, 0, NT, rows, cols, vcols, state_offs, N, C)
         for c in range(NT):
-            if PREFETCH:  # the last chunk reads itself again: in bounds, and unused
-                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, tl.minimum(c + 1, NT - 1), NT, rows, cols,
-                                 vcols, state_offs, N, C)
-            else:
-                nxt = A, Sv, Q, Yv
+            nc = tl.minimum(c + 1, NT - 1)  # the last chunk reads itself again: in bounds, and unused
+            if PREFETCH:
+                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols, state_offs, N, C)
             tl.store(states_ptr + (bh * NT + c) * N * N + state_offs, S.to(states_ptr.dtype.element_ty))
             t = c * C + rows
             y_offs = ((ib * T + t) * H + ih)[:, None] * N + vcols[None, :]
             y = tl.dot(Q, tl.trans(S)) + Yv
             tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=(t < T)[:, None])
             S = tl.dot(S, A) + Sv
-            if PREFETCH:
-                A, Sv, Q, Yv = nxt
-            else:
-                A, Sv, Q, Yv = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, tl.minimum(c + 1, NT - 1), NT,
-                                          rows, cols, vcols, state_offs, N, C)
+            if not PREFETCH:
+                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols, state_offs, N, C)
+            A, Sv, Q, Yv = nxt
         tl.store(sT_ptr + bh * N * N + state_offs, S)
 
     @triton.jit
@@ -274,18 +272,14 @@ if triton is not None:
         At, Q, dy = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih, H, N, C)
         for i in range(NT):
             c = NT - 1 - i
-            if PREFETCH:  # the first chunk reads itself again: in bounds, and unused
-                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, tl.maximum(c - 1, 0), T, NT, rows, cols, vcols,
-                                 ib, ih, H, N, C)
-            else:
-                nxt = At, Q, dy
+            nc = tl.maximum(c - 1, 0)  # the first chunk reads itself again: in bounds, and unused
+            if PREFETCH:
+                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N, C)
             tl.store(dstates_ptr + (bh * NT + c) * N * N + state_offs, dS)
             dS = tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
-            if PREFETCH:
-                At, Q, dy = nxt
-            else:
-                At, Q, dy = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, tl.maximum(c - 1, 0), T, NT, rows, cols,
-                                       vcols, ib, ih, H, N, C)
+            if not PREFETCH:
+                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N, C)
+            At, Q, dy = nxt
         tl.store(ds0_ptr + bh * N * N + state_offs, dS)
 
     @triton.jit
