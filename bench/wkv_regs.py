@@ -24,14 +24,23 @@ BF16_ARGS = ("r_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "dy_ptr", "y_ptr", "st
              "dr_ptr", "dk_ptr", "dv_ptr", "da_ptr", "db_ptr")
 
 
+# With TERMS (what the model runs) the log-decay slot holds w_raw and its gradient, in the model's bf16.
+TERMS_BF16_ARGS = ("lw_ptr", "dlw_ptr")
+
+
 def compile_sm90(fn, constexprs: dict, num_warps: int, num_stages: int = 3):
-    """Triton's compile of `fn` for sm_90: pointers bf16 where the wrapper passes bf16, fp32 otherwise."""
+    """Triton's compile of `fn` for sm_90: pointers bf16 where the wrapper passes bf16, fp32 otherwise. Every
+    constexpr parameter must be given (one left out would compile as a runtime integer)."""
+    missing = [p.name for p in fn.params if p.is_constexpr and p.name not in constexprs]
+    if missing:
+        raise ValueError(f"{fn.__name__}: no value for constexpr {missing}")
+    bf16 = BF16_ARGS + (TERMS_BF16_ARGS if constexprs.get("TERMS") else ())
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*bf16" if name in BF16_ARGS else "*fp32"
+            sig[name] = "*bf16" if name in bf16 else "*fp32"
         else:
             sig[name] = "i32"
     src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
@@ -58,14 +67,15 @@ def kernels(args) -> list[tuple[str, object, dict, int]]:
     N, C = 64, args.chunk
     sizes = dict(N=N, C=C, LOG_C=C.bit_length() - 1)
     return [
-        ("prep fwd", ours._prep_kernel, dict(H=32, FWD=True, LOWP=True, **sizes), args.prep_warps),
-        ("prep bwd", ours._prep_kernel, dict(H=32, FWD=False, LOWP=True, **sizes), args.prep_warps),
+        ("prep fwd", ours._prep_kernel, dict(H=32, FWD=True, LOWP=True, TERMS=args.terms, **sizes), args.prep_warps),
+        ("prep bwd", ours._prep_kernel, dict(H=32, FWD=False, LOWP=True, TERMS=args.terms, **sizes), args.prep_warps),
         ("walk fwd", ours._fwd_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_S0=True, PREFETCH=args.prefetch),
          ours.WARPS["fwd"]),
         ("walk bwd", ours._bwd_state_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_DST=True,
                                                      PREFETCH=args.prefetch), ours.WARPS["state"]),
-        ("bwd values", ours._bwd_values_kernel, dict(H=32, LOWP=True, **sizes), args.values_warps),
-        ("bwd factors", ours._bwd_factors_kernel, dict(H=32, LOWP=True, N=N, C=C), args.factors_warps),
+        ("bwd values", ours._bwd_values_kernel, dict(H=32, LOWP=True, TERMS=args.terms, **sizes), args.values_warps),
+        ("bwd factors", ours._bwd_factors_kernel, dict(H=32, LOWP=True, TERMS=args.terms, N=N, C=C),
+         args.factors_warps),
     ]
 
 
@@ -77,6 +87,8 @@ def main() -> None:
     ap.add_argument("--values-warps", type=int, default=ours.WARPS["values"])
     ap.add_argument("--factors-warps", type=int, default=ours.WARPS["factors"])
     ap.add_argument("--prefetch", type=int, default=1, help="the walks' PREFETCH (at the default's small grids: 1)")
+    ap.add_argument("--terms", type=int, default=1, help="TERMS: the kernels form log w, a, b from RWKV-7's terms "
+                    "(1, what the model runs) or take them (0)")
     args = ap.parse_args()
     for name, fn, consts, warps in kernels(args):
         k = compile_sm90(fn, consts, warps)
