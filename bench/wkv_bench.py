@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from rwkv_peft.ops import wkv7
-from rwkv_peft.ops.fla import WKV7_LOG_DECAY_BOUND
+from rwkv_peft.ops import LOG_DECAY_BOUND
 
-SAFE64 = dict(safe_gate=True, lower_bound=WKV7_LOG_DECAY_BOUND, chunk_size=64)
+SAFE64 = dict(safe_gate=True, lower_bound=LOG_DECAY_BOUND, chunk_size=64)
 # Each chunk size autotunes its own set of Triton kernels (minutes on a fresh machine): pick with --variants.
 VARIANTS = {
     "default": {},
@@ -78,7 +78,7 @@ def as_terms(log_w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> dict:
         with torch.no_grad():
             kk = -a.float()
             # (clamped: log w / bound rounds to 1 for some inputs, and kk is 0 where a was)
-            terms = dict(w_raw=torch.logit(log_w / WKV7_LOG_DECAY_BOUND, eps=1e-6), kk=kk,
+            terms = dict(w_raw=torch.logit(log_w / LOG_DECAY_BOUND, eps=1e-6), kk=kk,
                          iclr=torch.where(kk == 0, 0.0, b.float() / kk))
         _TERMS[key] = {n: t.bfloat16().requires_grad_() for n, t in terms.items()}
     return _TERMS[key]
@@ -104,7 +104,7 @@ def inputs(B: int, T: int, H: int, N: int = 64, seed: int = 0) -> list[torch.Ten
     g = torch.Generator(device="cuda").manual_seed(seed)
     rn = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
     r, k, v = rn(B, T, H, N), rn(B, T, H, N), rn(B, T, H, N)
-    log_w = WKV7_LOG_DECAY_BOUND * torch.sigmoid(2 * rn(B, T, H, N))
+    log_w = LOG_DECAY_BOUND * torch.sigmoid(2 * rn(B, T, H, N))
     kk = F.normalize(rn(B, T, H, N), dim=-1)
     iclr = torch.rand(B, T, H, N, generator=g, device="cuda")
     s0 = rn(B, H, N, N) * 0.5

@@ -13,7 +13,7 @@ from rwkv_peft.errors import UserError
 from rwkv_peft.model import model_from_state_dict
 from rwkv_peft.model.init import random_state_dict
 from rwkv_peft.ops import fla as fla_backend
-from rwkv_peft.ops import registry, wkv6, wkv7
+from rwkv_peft.ops import LOG_DECAY_BOUND, registry, wkv6, wkv7
 from rwkv_peft.ops import wind as wind_backend
 from tests.conftest import rel_err, tiny_config
 
@@ -36,7 +36,7 @@ def _wkv7_inputs(B, T, seed):
     """bf16 r, k, v, a, b; fp32 log_w in RWKV-7's range (what the model passes); fp32 initial state."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     r, k, v = _rand(B, T, H, N, g=g), _rand(B, T, H, N, g=g), _rand(B, T, H, N, g=g)
-    log_w = fla_backend.WKV7_LOG_DECAY_BOUND * torch.sigmoid(_rand(B, T, H, N, g=g) * 2)
+    log_w = LOG_DECAY_BOUND * torch.sigmoid(_rand(B, T, H, N, g=g) * 2)
     kk = F.normalize(_rand(B, T, H, N, g=g), dim=-1)
     iclr = torch.rand(B, T, H, N, generator=g, device="cuda")
     s0 = _rand(B, H, N, N, g=g) * 0.5

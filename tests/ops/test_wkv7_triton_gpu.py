@@ -5,7 +5,6 @@ lengths that end mid-chunk, packed, with one state shared by the batch; and the 
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from rwkv_peft.ops import wkv7, wkv7_terms, wkv7_triton

@@ -18,15 +18,14 @@ from torch import Tensor
 
 from .wkv7 import LOG_DECAY_BOUND
 
-# Asserting RWKV-7's bound on the log decay (-e^{-1/2}) lets fla take its tensor-core path (chunks of 64 with a
-# centered decay, exact in fp32 for |log w| * 33 * log2(e) <= 124).
-WKV7_LOG_DECAY_BOUND = LOG_DECAY_BOUND
-# The tensor-core path (what fla's own RWKV-7 layer uses). On an H100 at the 1.5B shape (B=1, T=1024, H=32) its
-# kernels take 0.43 ms of GPU time per layer, forward + backward, inside a CUDA graph; called eagerly, one call
-# costs 3.4 ms of wall time, nearly all of it fla's host-side launch work (bench/NOTES.md). Its outputs and
-# gradients pass tests/ops/test_fla_gpu.py at bf16 tolerance. The default path (chunks of 16) was not re-measured:
-# autotuning each chunk size's kernels costs minutes of compilation on a fresh machine.
-WKV7_KERNEL = dict(safe_gate=True, lower_bound=WKV7_LOG_DECAY_BOUND, chunk_size=64)
+# Asserting RWKV-7's bound on the log decay (LOG_DECAY_BOUND, -e^{-1/2}) lets fla take its tensor-core path
+# (chunks of 64 with a centered decay, exact in fp32 for |log w| * 33 * log2(e) <= 124), what fla's own RWKV-7
+# layer uses. On an H100 at the 1.5B shape (B=1, T=1024, H=32) its kernels take 0.43 ms of GPU time per layer,
+# forward + backward, inside a CUDA graph; called eagerly, one call costs 3.4 ms of wall time, nearly all of it
+# fla's host-side launch work (bench/NOTES.md). Its outputs and gradients pass tests/ops/test_fla_gpu.py at bf16
+# tolerance. The default path (chunks of 16) was not re-measured: autotuning each chunk size's kernels costs
+# minutes of compilation on a fresh machine.
+WKV7_KERNEL = dict(safe_gate=True, lower_bound=LOG_DECAY_BOUND, chunk_size=64)
 
 
 @cache
