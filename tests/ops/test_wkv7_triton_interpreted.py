@@ -20,8 +20,10 @@ pytestmark = pytest.mark.skipif(not wkv7_triton.installed(), reason="Triton not 
 # gives errors of order 1. The reference is float64 because torch's own fp32 recurrence on the CPU was seen 1.1e-4 off
 # float64 in about one process of ten here, while the kernels' output did not change.
 FP32_TOL = 2e-5
+# The compiled model against the eager one, both through the same kernels (COMPILED below).
+COMPILED_TOL = 1e-5
 
-CHECK = textwrap.dedent("""
+PRELUDE = textwrap.dedent("""
     import builtins
     import sys
 
@@ -29,7 +31,7 @@ CHECK = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
     import triton.runtime.interpreter as interpreter
-    from rwkv_peft.ops import rwkv7_log_decay, wkv7_recurrent, wkv7_triton
+    from rwkv_peft.ops import registry, rwkv7_log_decay, wkv7_recurrent, wkv7_triton
 
     # Triton's interpreter (3.6 to 3.9 at least) turns a scalar argument into a one-element array and reads it back
     # with int() in tensor.__index__ (a loop over a runtime bound), which numpy >= 2.4 refuses for arrays that are not
@@ -42,7 +44,9 @@ CHECK = textwrap.dedent("""
 
     if patch_tensor is not None:
         interpreter._patch_lang_tensor = _patch_lang_tensor
+""")
 
+CHECK = PRELUDE + textwrap.dedent("""
     wkv7_triton.LOW_PRECISION = dict(chunk=False, prep=False)
     wkv7_triton.PREFETCH = sys.argv[4] == "prefetch"
     B, T, H, N, terms = int(sys.argv[1]), int(sys.argv[2]), 2, 16, sys.argv[3] == "terms"
@@ -79,8 +83,46 @@ CHECK = textwrap.dedent("""
                                               (1, 100, "wab", "prefetch"), (2, 45, "terms", "prefetch"),
                                               (1, 100, "terms", "plain")])
 def test_kernels_match_the_recurrence_in_the_interpreter(B, T, inputs, walks):
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", CHECK, str(B), str(T), inputs, walks], capture_output=True,
-                         text=True, env=env, timeout=600)
+    assert _interpret(CHECK, str(B), str(T), inputs, walks) < FP32_TOL
+
+
+# Under torch.compile the model's WKV (through `ops.wkv7_terms`) is traced as the backend's two torch operators:
+# fullgraph=True fails on any graph break, and the compiled block must give the eager block's loss and gradients (the
+# same kernels; AOTAutograd only reorders the elementwise work around them: ~1e-7 in fp32).
+COMPILED = PRELUDE + textwrap.dedent("""
+    from torch import nn
+    from rwkv_peft.model import RWKV7Config, compiled, model_from_state_dict
+    from rwkv_peft.model.init import random_state_dict
+
+    # The interpreter runs on the CPU, which the backend otherwise refuses.
+    registry.register("wkv7_terms", "triton", wkv7_triton.wkv7_triton_terms, lambda device: True)
+    wkv7_triton.LOW_PRECISION = dict(chunk=False, prep=False)
+    compiled.compiled_block = lambda: torch.compile(compiled.call_block, fullgraph=True, backend="aot_eager")
+    cfg = RWKV7Config(n_layer=2, n_embd=32, vocab_size=50, head_size=16)
+    model = model_from_state_dict(random_state_dict(cfg, seed=1))
+    model.backend = "triton"
+    for block in model.blocks:  # State tuning's trained initial state: its gradient flows through the WKV too
+        block.att.time_state = nn.Parameter(0.3 * torch.randn(cfg.n_head, 16, 16))
+    tokens = torch.randint(0, 50, (2, 45), generator=torch.Generator().manual_seed(0))
+
+    def run(compile):
+        model.compile = compile
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    eager, graph = run(False), run(True)
+    print(max(float((a - b).norm() / b.norm().clamp_min(1e-30)) for a, b in zip(graph, eager)))
+""")
+
+
+def _interpret(script: str, *args: str) -> float:
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                         env=dict(os.environ, TRITON_INTERPRET="1"), timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.split()[-1]) < FP32_TOL
+    return float(run.stdout.split()[-1])
+
+
+def test_compiled_model_traces_through_the_kernels():
+    assert _interpret(COMPILED) < COMPILED_TOL

@@ -76,16 +76,20 @@ def wkv7_terms(r: Tensor, w_raw: Tensor, k: Tensor, v: Tensor, kk: Tensor, iclr:
     in-context learning rate iclr; that is `wkv7` with log_w = rwkv7_log_decay(w_raw), a = -kk, b = kk * iclr.
 
     A backend that takes the terms (--op triton) forms those inside its kernels and keeps only the terms for
-    backward, which the caller's graph keeps anyway. For the others they are formed here, outside the WKV call,
-    so under torch.compile they stay in the caller's compiled graph, fused with its other elementwise work."""
-    if backend in _TAKES_TERMS:
-        return _wkv7_terms_native(r, w_raw, k, v, kk, iclr, state, cu_seqlens=cu_seqlens, backend=backend)
-    return wkv7(r, rwkv7_log_decay(w_raw), k, v, -kk, kk * iclr, state, cu_seqlens=cu_seqlens, backend=backend)
+    backward, which the caller's graph keeps anyway; its kernels are torch operators, so under torch.compile the
+    caller's graph does not break here (unless documents are packed: they run one at a time). For the other
+    backends log w, a and b are formed here, outside the WKV call, so under torch.compile they stay in the caller's
+    compiled graph, fused with its other elementwise work."""
+    if backend not in _TAKES_TERMS:
+        return wkv7(r, rwkv7_log_decay(w_raw), k, v, -kk, kk * iclr, state, cu_seqlens=cu_seqlens, backend=backend)
+    _check_packed(r, cu_seqlens)
+    if cu_seqlens is not None:
+        return _wkv7_terms_packed(r, w_raw, k, v, kk, iclr, state, cu_seqlens=cu_seqlens, backend=backend)
+    return registry.resolve("wkv7_terms", backend, r.device).fn(r, w_raw, k, v, kk, iclr, state=state)
 
 
 @torch.compiler.disable
-def _wkv7_terms_native(r, w_raw, k, v, kk, iclr, state, *, cu_seqlens, backend):
-    _check_packed(r, cu_seqlens)
+def _wkv7_terms_packed(r, w_raw, k, v, kk, iclr, state, *, cu_seqlens, backend):
     fn = registry.resolve("wkv7_terms", backend, r.device).fn
     return fn(r, w_raw, k, v, kk, iclr, state=state, cu_seqlens=cu_seqlens)
 

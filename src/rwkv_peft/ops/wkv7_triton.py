@@ -44,8 +44,8 @@ Still opt-in (`--op triton`): "auto" keeps fla until the acceptance device (an H
 have been compared in one run (bench/NOTES.md).
 """
 
-import importlib.util
 from functools import cache
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -90,9 +90,8 @@ def _prefetch(programs: int, device: torch.device) -> bool:
     return programs <= 2 * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
 
 
-@cache
 def installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return triton is not None
 
 
 def available(device: torch.device) -> bool:
@@ -217,7 +216,7 @@ if triton is not None:
                     PREFETCH: tl.constexpr):
         """Grid (N // BV, B * H): the walk over the chunks, value rows vcols of one head:
         Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] get each chunk's start
-        state (bf16 or fp32: see `_WKV7.forward`); sT the final one. PREFETCH issues the next chunk's loads
+        state (`_state_dtype`); sT the final one. PREFETCH issues the next chunk's loads
         before this chunk's products, so that their latency overlaps the step's work on the critical path."""
         iv, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
@@ -417,61 +416,102 @@ def _prep(r, log_w, k, v, a, b, NT: int, fwd: bool, terms: bool) -> list[Tensor]
     return [A, Q, Sv, Yv] if fwd else [A, Q]
 
 
-class _WKV7(torch.autograd.Function):
-    """(r, log w, k, v, a, b) or with `terms` (r, w_raw, k, v, kk, iclr): `_load_decay_ab`."""
+def _state_dtype() -> torch.dtype:
+    # The chunks' start states are kept for backward, where they enter only products, and so only bf16 ones when the
+    # products are bf16 (and the sum over value rows for the decay's gradient): stored in bf16 then, half the memory
+    # (1.5B ctx 1024: 8 of 16 MiB per layer; H200, trainer: 7.48 -> 7.29 GiB allocated, speed unchanged), the same
+    # numbers but for that sum's rounding (errors against fp32 unchanged at 2 digits).
+    return torch.bfloat16 if LOW_PRECISION["chunk"] else torch.float32
 
-    @staticmethod
-    def forward(ctx, r, log_w, k, v, a, b, s0, terms):
-        B, T, H, N = r.shape
-        NT = triton.cdiv(T, CHUNK)
-        ctx.terms = terms
-        A, Q, Sv, Yv = _prep(r, log_w, k, v, a, b, NT, fwd=True, terms=terms)
-        y = torch.empty_like(r)
-        # The chunks' start states are kept for backward, where they enter only products, and so only bf16 ones
-        # when the products are bf16 (and the sum over value rows for the decay's gradient): stored in bf16 then,
-        # half the memory (1.5B ctx 1024: 8 of 16 MiB per layer; H200, trainer: 7.48 -> 7.29 GiB allocated, speed
-        # unchanged), the same numbers but for that sum's rounding (errors against fp32 unchanged at 2 digits).
-        state_dtype = torch.bfloat16 if LOW_PRECISION["chunk"] else torch.float32
-        states = torch.empty(B, H, NT, N, N, dtype=state_dtype, device=r.device)
-        sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
-        s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
-        _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
-                                              BV=VALUE_BLOCK, HAS_S0=s0 is not None,
-                                              PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
-                                              num_warps=WARPS["fwd"], num_stages=STAGES)
-        ctx.save_for_backward(r, log_w, k, v, a, b, states)
-        ctx.s0_batch = None if s0 is None else s0.shape[0]
-        return y, sT
 
-    @staticmethod
-    def backward(ctx, dy, dsT):
-        r, log_w, k, v, a, b, states = ctx.saved_tensors
-        B, T, H, N = r.shape
-        NT = states.shape[2]
-        A, Q = _prep(r, log_w, k, v, a, b, NT, fwd=False, terms=ctx.terms)
-        dy = torch.zeros_like(r) if dy is None else dy.contiguous()
-        dstates = torch.empty_like(states, dtype=torch.float32)
-        ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
-        dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
-        _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
-                                                    C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
-                                                    PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
-                                                    num_warps=WARPS["state"], num_stages=STAGES)
-        del A, Q
-        dr, dlw, dk, dv, da, db = (torch.empty_like(x) for x in (r, log_w, k, v, a, b))
-        # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
-        lowp = LOW_PRECISION["chunk"]
-        SA = torch.empty(B * H, NT, CHUNK, N, dtype=states.dtype, device=r.device)
-        drhs = torch.empty_like(SA)
-        chunks = (NT, B * H)
-        _bwd_values_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, dv, SA, drhs, T, NT, H=H, LOWP=lowp,
-                                   TERMS=ctx.terms, num_warps=WARPS["values"], **_sizes(N))
-        _bwd_factors_kernel[chunks](r, log_w, k, v, a, b, dy, states, dstates, SA, drhs, dr, dlw, dk, da, db, T, NT,
-                                    H=H, N=N, C=CHUNK, LOWP=lowp, TERMS=ctx.terms, num_warps=WARPS["factors"])
-        dstate = None
-        if ctx.s0_batch is not None:
-            dstate = ds0 if ctx.s0_batch == B else ds0.sum(0, keepdim=True)
-        return dr, dlw, dk, dv, da, db, dstate, None
+# The kernels are registered as two torch operators (forward, backward) with a shape function each, so that
+# torch.compile traces through the WKV instead of breaking the block's graph in two there: one graph per block,
+# forward and backward, with the work on both sides of the WKV fused and no eager gradient sums where a tensor
+# crosses a graph break.
+@torch.library.custom_op("rwkv_peft::wkv7_triton_fwd", mutates_args=())
+def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s0: Optional[Tensor],
+         terms: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(r, log w, k, v, a, b) or with `terms` (r, w_raw, k, v, kk, iclr): `_load_decay_ab`. All [B, T, H, N],
+    contiguous; s0 [B or 1, H, N, N] or None. Returns y [B, T, H, N], the final state sT [B, H, N, N] fp32 and the
+    chunks' start states [B, H, NT, N, N] (`_state_dtype`), which backward takes."""
+    B, T, H, N = r.shape
+    NT = triton.cdiv(T, CHUNK)
+    A, Q, Sv, Yv = _prep(r, decay, k, v, a, b, NT, fwd=True, terms=terms)
+    y = torch.empty_like(r)
+    states = torch.empty(B, H, NT, N, N, dtype=_state_dtype(), device=r.device)
+    sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
+    s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
+    _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
+                                          BV=VALUE_BLOCK, HAS_S0=s0 is not None,
+                                          PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
+                                          num_warps=WARPS["fwd"], num_stages=STAGES)
+    return y, sT, states
+
+
+@_fwd.register_fake
+def _(r, decay, k, v, a, b, s0, terms):
+    B, T, H, N = r.shape
+    return (torch.empty_like(r), r.new_empty(B, H, N, N, dtype=torch.float32),
+            r.new_empty(B, H, -(-T // CHUNK), N, N, dtype=_state_dtype()))
+
+
+@torch.library.custom_op("rwkv_peft::wkv7_triton_bwd", mutates_args=())
+def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, states: Tensor, dy: Tensor,
+         dsT: Optional[Tensor], terms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of `_fwd`'s inputs (r, decay, k, v, a, b, and the start state's [B, H, N, N] fp32) from dy and
+    dsT (None: zero)."""
+    B, T, H, N = r.shape
+    NT = states.shape[2]
+    A, Q = _prep(r, decay, k, v, a, b, NT, fwd=False, terms=terms)
+    dy = dy.contiguous()
+    dstates = torch.empty_like(states, dtype=torch.float32)
+    ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
+    dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
+    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
+                                                C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
+                                                PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
+                                                num_warps=WARPS["state"], num_stages=STAGES)
+    del A, Q
+    dr, ddecay, dk, dv, da, db = (torch.empty_like(x) for x in (r, decay, k, v, a, b))
+    # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
+    lowp = LOW_PRECISION["chunk"]
+    SA = torch.empty(B * H, NT, CHUNK, N, dtype=states.dtype, device=r.device)
+    drhs = torch.empty_like(SA)
+    chunks = (NT, B * H)
+    _bwd_values_kernel[chunks](r, decay, k, v, a, b, dy, states, dstates, dv, SA, drhs, T, NT, H=H, LOWP=lowp,
+                               TERMS=terms, num_warps=WARPS["values"], **_sizes(N))
+    _bwd_factors_kernel[chunks](r, decay, k, v, a, b, dy, states, dstates, SA, drhs, dr, ddecay, dk, da, db, T, NT,
+                                H=H, N=N, C=CHUNK, LOWP=lowp, TERMS=terms, num_warps=WARPS["factors"])
+    return dr, ddecay, dk, dv, da, db, ds0
+
+
+@_bwd.register_fake
+def _(r, decay, k, v, a, b, states, dy, dsT, terms):
+    B, T, H, N = r.shape
+    return (*(torch.empty_like(x) for x in (r, decay, k, v, a, b)), r.new_empty(B, H, N, N, dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    r, decay, k, v, a, b, s0, terms = inputs
+    states = output[2]
+    ctx.save_for_backward(r, decay, k, v, a, b, states)
+    ctx.terms = terms
+    ctx.s0_batch = None if s0 is None else s0.shape[0]
+    ctx.mark_non_differentiable(states)
+    ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no [B, H, N, N] of zeros
+
+
+def _backward(ctx, dy, dsT, _):
+    r, decay, k, v, a, b, states = ctx.saved_tensors
+    dy = torch.zeros_like(r) if dy is None else dy
+    *grads, ds0 = _bwd(r, decay, k, v, a, b, states, dy, dsT, ctx.terms)
+    dstate = None
+    if ctx.s0_batch is not None:
+        dstate = ds0 if ctx.s0_batch == r.shape[0] else ds0.sum(0, keepdim=True)
+    return *grads, dstate, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _call(entry, terms: bool, r, decay, k, v, a, b, state, cu_seqlens) -> tuple[Tensor, Tensor]:
@@ -485,7 +525,8 @@ def _call(entry, terms: bool, r, decay, k, v, a, b, state, cu_seqlens) -> tuple[
 
         return _per_document(entry, cu_seqlens, state, (r, decay, k, v, a, b))
     k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
-    return _WKV7.apply(*(t.contiguous() for t in (r, decay, k, v, a, b)), state, terms)
+    y, sT, _ = _fwd(*(t.contiguous() for t in (r, decay, k, v, a, b)), state, terms)
+    return y, sT
 
 
 def wkv7_triton(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
