@@ -161,6 +161,7 @@ def main() -> None:
     result = {"model": args.model, "version": args.version, "method": args.method, "ctx": args.ctx, "bsz": args.bsz,
               "extra": args.extra,
               "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv, "inductor": args.inductor,
+              "partitioner": args.partitioner,
               "wkv_chunk": args.wkv_chunk,
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}

@@ -93,27 +93,42 @@ def add_experiment_flags(ap) -> None:
                     help="an Inductor setting (torch._inductor.config.KEY, dotted for sub-configs) for the compiled "
                          "blocks, on top of the trainer's (rwkv_peft.model.compiled.INDUCTOR_OPTIONS: "
                          "combo_kernels=True), e.g. coordinate_descent_tuning=True, combo_kernels=False; repeatable")
+    ap.add_argument("--partitioner", action="append", default=[], metavar="KEY=VALUE",
+                    help="an AOTAutograd partitioner setting (torch._functorch.config.KEY) for the compiled blocks, on "
+                         "top of the trainer's (rwkv_peft.model.compiled.PARTITIONER_OPTIONS), e.g. "
+                         "ban_recompute_used_far_apart=True; repeatable")
     ap.add_argument("--wkv-chunk", type=int, choices=[16, 32, 64],
                     help="fla's WKV-7 chunk size (rwkv_peft.ops.fla.WKV7_KERNEL; ours: 64)")
 
 
 def apply_experiment_flags(args) -> str:
     """Set what the flags ask for; returns them in words for the results ("" when none is set)."""
-    if args.act_budget is not None:
-        import torch._functorch.config as functorch_config
+    import ast
 
-        functorch_config.activation_memory_budget = args.act_budget
+    import torch._functorch.config as functorch_config
+
+    from rwkv_peft.model.compiled import INDUCTOR_OPTIONS, PARTITIONER_OPTIONS
+
+    def literal(text):
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    if args.act_budget is not None:
+        PARTITIONER_OPTIONS["activation_memory_budget"] = args.act_budget
+    for item in args.partitioner:
+        key, _, text = item.partition("=")
+        if not hasattr(functorch_config, key):
+            raise SystemExit(f"--partitioner {item}: torch._functorch.config has no {key}")
+        PARTITIONER_OPTIONS[key] = literal(text)
     if args.recompute_wkv:
         import fla.ops.rwkv7 as fla_rwkv7  # rwkv_peft.ops.fla imports chunk_rwkv7 from here on each call
 
         plain = fla_rwkv7.chunk_rwkv7
         fla_rwkv7.chunk_rwkv7 = lambda *a, **k: plain(*a, **(k | {"disable_recompute": False}))
     if args.inductor:
-        import ast
-
         import torch._inductor.config as inductor_config
-
-        from rwkv_peft.model.compiled import INDUCTOR_OPTIONS
 
         for item in args.inductor:
             key, _, text = item.partition("=")
@@ -122,15 +137,12 @@ def apply_experiment_flags(args) -> str:
                 if not hasattr(owner, part):
                     raise SystemExit(f"--inductor {item}: torch._inductor.config has no {key}")
                 owner = getattr(owner, part)
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text
-            INDUCTOR_OPTIONS[key] = value  # the blocks' torch.compile options (they override the global config)
+            INDUCTOR_OPTIONS[key] = literal(text)  # the blocks' torch.compile options (they override the global config)
     if args.wkv_chunk:
         from rwkv_peft.ops.fla import WKV7_KERNEL
 
         WKV7_KERNEL["chunk_size"] = args.wkv_chunk
     settings = (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv),
-                ("inductor", " ".join(args.inductor)), ("wkv_chunk", args.wkv_chunk))
+                ("inductor", " ".join(args.inductor)),
+                ("partitioner", " ".join(args.partitioner)), ("wkv_chunk", args.wkv_chunk))
     return ", ".join(f"{k}={v}" for k, v in settings if v not in (None, False, ""))
