@@ -107,7 +107,7 @@ def apply_experiment_flags(args) -> str:
 
     import torch._functorch.config as functorch_config
 
-    from rwkv_peft.model.compiled import INDUCTOR_OPTIONS, PARTITIONER_OPTIONS
+    from rwkv_peft.model import compiled  # imported by name: an older copy on PYTHONPATH may lack a setting
 
     def literal(text):
         try:
@@ -116,12 +116,12 @@ def apply_experiment_flags(args) -> str:
             return text
 
     if args.act_budget is not None:
-        PARTITIONER_OPTIONS["activation_memory_budget"] = args.act_budget
+        compiled.PARTITIONER_OPTIONS["activation_memory_budget"] = args.act_budget
     for item in args.partitioner:
         key, _, text = item.partition("=")
         if not hasattr(functorch_config, key):
             raise SystemExit(f"--partitioner {item}: torch._functorch.config has no {key}")
-        PARTITIONER_OPTIONS[key] = literal(text)
+        compiled.PARTITIONER_OPTIONS[key] = literal(text)
     if args.recompute_wkv:
         import fla.ops.rwkv7 as fla_rwkv7  # rwkv_peft.ops.fla imports chunk_rwkv7 from here on each call
 
@@ -137,7 +137,7 @@ def apply_experiment_flags(args) -> str:
                 if not hasattr(owner, part):
                     raise SystemExit(f"--inductor {item}: torch._inductor.config has no {key}")
                 owner = getattr(owner, part)
-            INDUCTOR_OPTIONS[key] = literal(text)  # the blocks' torch.compile options (they override the global config)
+            compiled.INDUCTOR_OPTIONS[key] = literal(text)  # the blocks' torch.compile options (they override the global config)
     if args.wkv_chunk:
         from rwkv_peft.ops.fla import WKV7_KERNEL
 
