@@ -137,7 +137,8 @@ def apply_experiment_flags(args) -> str:
                 if not hasattr(owner, part):
                     raise SystemExit(f"--inductor {item}: torch._inductor.config has no {key}")
                 owner = getattr(owner, part)
-            compiled.INDUCTOR_OPTIONS[key] = literal(text)  # the blocks' torch.compile options (they override the global config)
+            # the blocks' torch.compile options (they override the global config)
+            compiled.INDUCTOR_OPTIONS[key] = literal(text)
     if args.wkv_chunk:
         from rwkv_peft.ops.fla import WKV7_KERNEL
 
