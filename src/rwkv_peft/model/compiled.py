@@ -4,9 +4,10 @@ of blocks `model.grad_cp` names (0 none, 1 all, 0.5 every other one); otherwise 
 
 The parameters are graph inputs, so all layers share one compiled graph (a few: RWKV-7's layer 0, which has no
 v_first yet, and the rest; each model version) and nothing recompiles per layer, provided a block's code never
-branches on its layer index. Shapes are static; a new (B, T) compiles once more. The WKV kernels are excluded
-from compilation (`ops.wkv7` / `ops.wkv6`): the graph breaks there, and the elementwise work on either side is
-compiled and fused.
+branches on its layer index. Shapes are static; a new (B, T) compiles once more. fla's and wind's WKV kernels
+are excluded from compilation (`ops.wkv7` / `ops.wkv6`): the graph breaks there, and the elementwise work on either
+side is compiled and fused. --op triton's kernels are torch operators, traced into the block's one graph (H200, 1.5B
+LoRA ctx 1024, the trainer: +4.0%; bench/results/2026-12-03-h200-session14.md).
 
 Inductor's combo kernels launch a block's independent small fused kernels as one (H100, 1.5B LoRA r64 ctx 1024,
 the trainer: 28.1 -> 29.15 Kt/s, compile time unchanged; bench/results/2026-11-23-h100-session6.md). Coordinate-

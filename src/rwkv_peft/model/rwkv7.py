@@ -200,7 +200,7 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.backend = "auto"
         self.grad_cp = 0.0  # share of blocks recomputed in backward (compiled.py)
-        # torch.compile each block (its elementwise work fused; the WKV kernel runs eagerly in between).
+        # torch.compile each block (its elementwise work fused; fla's WKV kernels run eagerly in between).
         self.compile = False
         # Called with no arguments at the start of every pass, before the first block: adapters keep derived
         # copies of what trains up to date there (adapters/fold.py).
