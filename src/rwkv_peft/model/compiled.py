@@ -29,8 +29,11 @@ def call_block(block: nn.Module, *args):
 
 
 # Inductor settings for the compiled blocks (torch._inductor.config keys, dotted for sub-configs); the benches'
-# --inductor flag changes them before the first compile.
-INDUCTOR_OPTIONS: dict[str, object] = {"combo_kernels": True}
+# --inductor flag changes them before the first compile. Combo kernels launch a block's independent small kernels as
+# one (H100, 1.5B LoRA ctx 1024: +3.7%); pointwise ones only, since a combined reduction runs all its parts with
+# one block shape: LayerNorm's row sums (1024 x 2048) with a weight gradient's split column sums (16384 x 128) took
+# 65 us per layer; apart they cost the step 0.7 ms less GPU time (H200: 35.1 -> 36.1 Kt/s, bench/NOTES.md row 28).
+INDUCTOR_OPTIONS: dict[str, object] = {"combo_kernels": True, "combo_kernels_pointwise_only": True}
 # AOTAutograd's partitioner settings for the compiled blocks (torch._functorch.config keys: what a block keeps for
 # backward, what it recomputes there); the benches' --partitioner flag changes them before the first compile. Its
 # defaults keep a tensor whenever recomputing it would need a kernel of its own in backward, or when its uses lie far

@@ -174,16 +174,18 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
     quantize_model(model, spec.quant, device=device if spec.quant != "none" else None)
-    # A quantized base exists to save GPU memory: its frozen embedding table stays on the host (model/embed.py).
-    host_emb = (spec.quant != "none" and device.type == "cuda" and strategy == "single"
-                and not model.emb.weight.requires_grad)
+    # A frozen embedding table stays on the host (model/embed.py) when one GPU trains with a quantized base (which
+    # exists to save GPU memory) or replays CUDA graphs (the trainer gathers each step's rows on the host one step
+    # ahead, so the device waits for nothing): a step needs only B x T of its rows.
+    host_emb = (device.type == "cuda" and strategy == "single" and not model.emb.weight.requires_grad
+                and (spec.quant != "none" or cuda_graph))
     if host_emb:
         table, model.emb = model.emb.cpu(), None  # out of model.to's way
     if strategy != "fsdp":
         model.to(device)
     if host_emb:
         model.emb = table
-        notes.append(f"the frozen embedding table stays in host memory with --quant "
+        notes.append(f"the frozen embedding table stays in host memory "
                      f"({table.weight.numel() * table.weight.element_size() / 2**30:.2f} GiB of GPU memory saved)")
     named = adapters.trainable_parameters(model)
     if not named:
