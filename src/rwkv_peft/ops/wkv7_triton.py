@@ -36,11 +36,11 @@ The kernels:
 RWKV-7's model passes its own terms (`ops.wkv7_terms`: w_raw, kk, iclr) and the kernels form log w, a and b as they
 load a chunk (`_load_decay_ab`), so that backward keeps tensors the model's compiled graph keeps anyway.
 
-Measured on an H200 (bench/results/2026-12-03-h200-session13.md), GPU time per layer, forward + backward:
-0.346 ms at B=1, T=1024, H=32 (fla: 0.340) and 9.0 ms at B=8, T=4096 (fla: 7.43). In the trainer at 1.5B LoRA
-ctx 1024 it is 2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s), and 1.5B LoRA at ctx 4096 x 8
-trains without --grad_cp in 97 GiB (38.1% MFU), where fla would need ~60 GiB more (32 x the 1.9 GiB it keeps
-beyond ours at ctx 1024).
+Measured on an H200 (bench/results/2026-12-03-h200-session16.md), GPU time per layer, forward + backward:
+0.331 ms at B=1, T=1024, H=32 (fla: 0.340 in session 13) and 8.16 ms at B=8, T=4096 (fla: 7.43). In session
+13's trainer at 1.5B LoRA ctx 1024 it was 2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s); 1.5B
+LoRA at ctx 4096 x 8 trains without --grad_cp in 76 GiB (37.7% MFU, session 15), where fla would need ~60 GiB more
+(32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
 Still opt-in (`--op triton`): "auto" keeps fla until the acceptance device (an H100) and many-sequence batches
 have been compared in one run (bench/NOTES.md).
 """
@@ -65,7 +65,10 @@ except ImportError:  # pragma: no cover - exercised only without Triton
 CHUNK = 32          # tokens per chunk: 16 or 32 (at 64 one per-chunk backward kernel needed more shared memory than an
                     # H100 has, session 10)
 VALUE_BLOCK = 16    # value rows per program in the sequential kernels
-WARPS = dict(prep=4, fwd=4, state=4, values=8, factors=4)  # per kernel (bench/wkv_bench.py)
+# Warps per kernel (bench/wkv_bench.py). The per-chunk backward's first half at 4 (243 registers, no spills: two
+# programs per multiprocessor) rather than 8: H200, per layer, 0.337 -> 0.326 ms at 1 x 1024 x 32, 8.50 -> 8.08
+# at 8 x 4096 x 32 (session 16).
+WARPS = dict(prep=4, fwd=4, state=4, values=4, factors=4)
 STAGES = 3          # software pipelining of the walks' loads
 # The walks can load the next chunk's operands before the current chunk's products (232 registers instead of 168
 # per thread: two programs per multiprocessor instead of three). None: only when the walk has at most two programs
@@ -123,8 +126,10 @@ if triton is not None:
     def _mm(x, y, LOWP: tl.constexpr):
         """x @ y in fp32; LOWP rounds both operands to bf16 first (the tensor cores' fast path)."""
         if LOWP:
-            return tl.dot(x.to(tl.bfloat16), y.to(tl.bfloat16))
-        return tl.dot(x, y)
+            out = tl.dot(x.to(tl.bfloat16), y.to(tl.bfloat16))
+        else:  # (no early return: Triton would still trace what follows it)
+            out = tl.dot(x.to(tl.float32), y.to(tl.float32))
+        return out
 
     @triton.jit
     def _load_chunk(ptr, c, T, rows, cols, ib, ih, H: tl.constexpr, N: tl.constexpr, C: tl.constexpr):
@@ -302,7 +307,7 @@ if triton is not None:
         Y = r_d S0^T + M_rb SA + M_rk V and S1 = S0 e^gC + SA^T b_d + V^T k_d to SA and L's right-hand side
         (drhs = L^-T dSA), and writes dV. SA and drhs [B * H, NT, C, N] go to `_bwd_factors_kernel`, which needs
         neither M nor L. Each half holds about half the live values of the one kernel this was (255 registers and
-        632 B spilled per thread); the second runs best at 4 warps, two programs to a multiprocessor (session 12)."""
+        632 B spilled per thread); both run best at 4 warps, two programs to a multiprocessor (sessions 12, 16)."""
         c, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -348,43 +353,52 @@ if triton is not None:
         incl = rows[:, None] >= rows[None, :]
         strict = rows[:, None] > rows[None, :]
         scratch = (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]
-        SA = tl.load(sa_ptr + scratch).to(tl.float32)
-        drhs = tl.load(drhs_ptr + scratch).to(tl.float32)
+        # What enters only products is held in the products' dtype (with LOWP they round it to bf16 anyway), and
+        # each input's gradient is finished and stored before the next is begun: with all products formed first
+        # and the stores at the end this kernel spilled 840 B per thread, now 304 (bench/wkv_regs.py), and took
+        # 11% longer (H200, 1 x 1024 x 32: 92 -> 82 us).
+        OP: tl.constexpr = tl.bfloat16 if LOWP else tl.float32
+        SA = tl.load(sa_ptr + scratch).to(OP)
+        drhs = tl.load(drhs_ptr + scratch).to(OP)
         v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
         dy, _, _ = _load_chunk(dy_ptr, c, T, rows, cols, ib, ih, H, N, C)
-        # The chunk-wide terms first, so that the two states are dead before the rest.
+        v, dy = v.to(OP), dy.to(OP)
         state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
         S0 = tl.load(states_ptr + state_offs).to(tl.float32)      # [N(value), N(key)]
         dS1 = tl.load(dstates_ptr + state_offs)
-        dr_d = _mm(dy, S0, LOWP)
-        da_d = _mm(drhs, S0, LOWP)
-        db_d = _mm(SA, dS1, LOWP)
-        dk_d = _mm(v, dS1, LOWP)
-        dD = tl.sum(S0 * dS1, axis=0)                             # [N(key)]
-        dM_rb = tl.where(incl, _mm(dy, tl.trans(SA), LOWP), 0.0)
-        dM_rk = tl.where(incl, _mm(dy, tl.trans(v), LOWP), 0.0)
-        dM_ab = tl.where(strict, _mm(drhs, tl.trans(SA), LOWP), 0.0)  # L = I - M_ab: dM_ab = +drhs SA^T
-        dM_ak = tl.where(strict, _mm(drhs, tl.trans(v), LOWP), 0.0)
+        dD = tl.sum(S0 * dS1, axis=0)                             # [N(key)]; after it the states enter only products
+        S0, dS1 = S0.to(OP), dS1.to(OP)
+        dM_rb = tl.where(incl, _mm(dy, tl.trans(SA), LOWP), 0.0).to(OP)
+        dM_rk = tl.where(incl, _mm(dy, tl.trans(v), LOWP), 0.0).to(OP)
+        dM_ab = tl.where(strict, _mm(drhs, tl.trans(SA), LOWP), 0.0).to(OP)  # L = I - M_ab: dM_ab = +drhs SA^T
+        dM_ak = tl.where(strict, _mm(drhs, tl.trans(v), LOWP), 0.0).to(OP)
         r, lw, k, a, b, offs, mask = _load_factors(r_ptr, lw_ptr, k_ptr, a_ptr, b_ptr, c, T, rows, cols, ib, ih,
                                                    H, N, C, TERMS)
         g, gp, gC, h = _decays(lw, C)
-        up, down, up_p = tl.exp(g - h[None, :]), tl.exp(h[None, :] - g), tl.exp(gp - h[None, :])
-        tail = tl.exp(gC[None, :] - g)
         # Through M = x_c y_c^T (x_c = x * up, y_c = y * down; a's factor a * up_p) and the chunk-wide terms
         # (r e^g, a e^g', b and k times tail) to each input: the centre gC/2 cancels inside M, so it carries no
         # gradient.
-        b_c, k_c = b * down, k * down
-        dr = (_mm(dM_rb, b_c, LOWP) + _mm(dM_rk, k_c, LOWP)) * up + dr_d * tl.exp(g)
-        da = (_mm(dM_ab, b_c, LOWP) + _mm(dM_ak, k_c, LOWP)) * up_p + da_d * tl.exp(gp)
-        r_c, a_c = r * up, a * up_p
-        db = (_mm(tl.trans(dM_rb), r_c, LOWP) + _mm(tl.trans(dM_ab), a_c, LOWP)) * down + db_d * tail
-        dk = (_mm(tl.trans(dM_rk), r_c, LOWP) + _mm(tl.trans(dM_ak), a_c, LOWP)) * down + dk_d * tail
+        r_c, a_c = (r * tl.exp(g - h[None, :])).to(OP), (a * tl.exp(gp - h[None, :])).to(OP)
+        b_c, k_c = (b * tl.exp(h[None, :] - g)).to(OP), (k * tl.exp(h[None, :] - g)).to(OP)
         # The exponents' gradients: an operand x e^u gives u the gradient x e^u times the operand's, summed over
         # x's factors that is x * dx; g enters r's and a's (via g'), b's and k's with a minus sign, gC the tails
         # and D = e^gC.
-        dg = r * dr - b * db - k * dk
+        dr = (_mm(dM_rb, b_c, LOWP) + _mm(dM_rk, k_c, LOWP)) * tl.exp(g - h[None, :]) + _mm(dy, S0, LOWP) * tl.exp(g)
+        dg = r * dr
+        tl.store(dr_ptr + offs, dr.to(dr_ptr.dtype.element_ty), mask=mask)
+        da = ((_mm(dM_ab, b_c, LOWP) + _mm(dM_ak, k_c, LOWP)) * tl.exp(gp - h[None, :])
+              + _mm(drhs, S0, LOWP) * tl.exp(gp))
         dgp = a * da
-        dgC = tl.sum((b * db_d + k * dk_d) * tail, axis=0) + tl.exp(gC) * dD
+        tail = tl.exp(gC[None, :] - g)
+        dk_d = _mm(v, dS1, LOWP) * tail
+        dk = (_mm(tl.trans(dM_rk), r_c, LOWP) + _mm(tl.trans(dM_ak), a_c, LOWP)) * tl.exp(h[None, :] - g) + dk_d
+        dg -= k * dk
+        dgC = tl.sum(k * dk_d, axis=0) + tl.exp(gC) * dD
+        tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+        db_d = _mm(SA, dS1, LOWP) * tail
+        db = (_mm(tl.trans(dM_rb), r_c, LOWP) + _mm(tl.trans(dM_ab), a_c, LOWP)) * tl.exp(h[None, :] - g) + db_d
+        dg -= b * db
+        dgC += tl.sum(b * db_d, axis=0)
         # g = inclusive cumsum of log w, g' = exclusive: log w_s gets the g-gradients of tokens t >= s, the
         # g'-gradients of tokens t > s, and the chunk total's.
         dlw = tl.cumsum(dg, axis=0, reverse=True) + tl.cumsum(dgp, axis=0, reverse=True) - dgp + dgC[None, :]
@@ -395,9 +409,7 @@ if triton is not None:
             iclr, _, _ = _load_chunk(b_ptr, c, T, rows, cols, ib, ih, H, N, C)
             da, db = db * iclr - da, db * kk
             dlw = dlw * lw * (1.0 - lw / _BOUND)
-        tl.store(dr_ptr + offs, dr.to(dr_ptr.dtype.element_ty), mask=mask)
         tl.store(dlw_ptr + offs, dlw.to(dlw_ptr.dtype.element_ty), mask=mask)
-        tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
         tl.store(da_ptr + offs, da.to(da_ptr.dtype.element_ty), mask=mask)
         tl.store(db_ptr + offs, db.to(db_ptr.dtype.element_ty), mask=mask)
 
