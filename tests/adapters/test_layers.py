@@ -37,6 +37,15 @@ def test_bf16_base_fp32_adapter(method):
     assert ((y.float() - reference).abs().max() / reference.abs().max()).item() <= BF16_RTOL
 
 
+def test_bone_sums_bf16_chunks_in_fp32():
+    """bf16 input: the chunks are summed in fp32 (D's dtype), exactly as from an fp32 copy of x, without one."""
+    layer = make("bone", torch.bfloat16)
+    x = torch.randn(2, 5, 64).bfloat16()
+    chunks = torch.nn.functional.pad(x.float(), (0, -64 % 12)).reshape(2, 5, -1, 12).sum(dim=-2)
+    expected = (layer.base_forward(x) + chunks @ layer.disha).to(torch.bfloat16)
+    assert torch.equal(layer(x), expected)
+
+
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_autocast_trains_only_the_adapter(method):
     layer = make(method, torch.float32)
