@@ -25,6 +25,7 @@ from torch._inductor.decomposition import select_decomp_table
 from common import MODELS
 from rwkv_peft.adapters import LoraConfig, MissConfig, fold
 from rwkv_peft.adapters.base import inject
+from rwkv_peft.adapters.parts import part_parameter_names
 from rwkv_peft.model import RWKV7Config, compiled
 from rwkv_peft.model.rwkv7 import Block
 from rwkv_peft.ops import registry, wkv7_triton
@@ -46,11 +47,9 @@ def adapted_block(model: str, method: str) -> Block:
 
     with torch.device("meta"):
         block = Block(RWKV7Config(n_layer=n_layer, n_embd=n_embd), 1).to(torch.bfloat16).requires_grad_(False)
-        inject(block, TARGETS, make)
-        for name, p in block.named_parameters():
-            if any(t in name for t in ("lora_", "disha")):
-                p.data = p.data.float()
-            p.requires_grad_(any(t in name for t in ("lora_", "disha", "ln")))
+        for name in part_parameter_names(block, ["ln"]):
+            block.get_parameter(name).requires_grad_(True)
+        inject(block, TARGETS, make)  # the adapter's tensors: fp32 beside a bf16 base, trainable
         if method == "lora":
             fold.fold(layers)
     return block
