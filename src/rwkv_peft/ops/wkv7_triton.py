@@ -12,7 +12,7 @@ function as `wkv7_chunked`, whose docstring derives it). With g = cumsum(log w) 
 (the decay before token t), gC = g of the last token:
 
     M_xy[t, s] = sum_j x_t[j] y_s[j] exp(g_x,t[j] - g_s[j]),  kept for s <= t (rb, rk) or s < t (ab, ak)
-    L = I - M_ab                                   (unit lower triangular; inverted by repeated squaring)
+    L = I - M_ab                                   (unit lower triangular; inverted by block doubling, `_tril_inverse`)
     SA = L^-1 (a e^g' S0^T + M_ak V)               [C, N(value)]: the S_{t-1} a_t^T terms
     Y  = r e^g S0^T + M_rb SA + M_rk V
     S1 = S0 e^gC + SA^T (b e^{gC-g}) + V^T (k e^{gC-g})
@@ -37,7 +37,8 @@ RWKV-7's model passes its own terms (`ops.wkv7_terms`: w_raw, kk, iclr) and the 
 load a chunk (`_load_decay_ab`), so that backward keeps tensors the model's compiled graph keeps anyway.
 
 Measured on an H200 (bench/results/2026-12-03-h200-session16.md), GPU time per layer, forward + backward:
-0.331 ms at B=1, T=1024, H=32 (fla: 0.340 in session 13) and 8.16 ms at B=8, T=4096 (fla: 7.43). In session
+0.331 ms at B=1, T=1024, H=32 (fla: 0.340 in session 13) and 8.16 ms at B=8, T=4096 (fla: 7.43); the stable
+inverse (session 19) costs 2-3% of that: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms in one run. In session
 13's trainer at 1.5B LoRA ctx 1024 it was 2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s); 1.5B
 LoRA at ctx 4096 x 8 trains without --grad_cp in 76 GiB (37.7% MFU, session 15), where fla would need ~60 GiB more
 (32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
@@ -113,13 +114,19 @@ if triton is not None:
 
     @triton.jit
     def _tril_inverse(M, C: tl.constexpr, LOG_C: tl.constexpr):
-        """(I - M)^-1 for strictly lower triangular M [C, C]: (I + M)(I + M^2)(I + M^4)..., M^C = 0."""
+        """(I - M)^-1 for strictly lower triangular M [C, C], by doubling: X holds the inverses of the diagonal
+        blocks of size 2^l of I - M, and X <- X + X M_l X joins each pair of them, M_l being the entries of M
+        between the two halves of each block of size 2^(l+1) ([[A, 0], [-B, D]]^-1 has D^-1 B A^-1 below).
+        Every product is of exact inverses of unit-triangular blocks, which stay small. (The Neumann product
+        (I + M)(I + M^2)(I + M^4)... that this replaced forms powers of M that cancel: for one token repeated
+        (padding, a run of newlines) with slow decay M's entries are near -1, M^16 reached 1e8 and the inverse was
+        lost, in fp32 too: NaN from position ~1500 of a padded 1.5B row, session 19.)"""
         rows = tl.arange(0, C)
-        X = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0) + M
-        P = M
-        for _ in tl.static_range(LOG_C - 1):  # C = 2^n needs n factors; the first is already in X
-            P = tl.dot(P, P)
-            X = X + tl.dot(X, P)
+        X = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
+        for level in tl.static_range(LOG_C):
+            pair = (rows[:, None] >> (level + 1)) == (rows[None, :] >> (level + 1))
+            halves = (rows[:, None] >> level) != (rows[None, :] >> level)
+            X = X + tl.dot(tl.dot(X, tl.where(pair & halves, M, 0.0)), X)
         return X
 
     @triton.jit
