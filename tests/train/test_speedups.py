@@ -64,15 +64,21 @@ def test_graphed_steps_equal_eager_steps(base, data, tmp_path, method):
             assert abs(graphed[key] - eager[key]) <= GRAPH_FP32 * abs(eager[key]), (key, eager["step"])
 
 
+LORA = ("--peft", "lora", "--lora_config", '{"lora_dropout":0}')
+STATE = ("--train_type", "state", "--lr_init", "0.05", "--lr_final", "0.05")
+
+
 @cuda
 # triton's kernels are torch operators, traced into the compiled blocks (no graph break there); fla's break the graph.
-@pytest.mark.parametrize("op", ["auto", "triton"])
-def test_compiled_graphed_bf16_run_follows_the_eager_one(base, data, tmp_path, op):
+# State tuning: the initial state is a graph input whose gradient leaves through the WKV operator's backward.
+@pytest.mark.parametrize("op, method", [("auto", LORA), ("triton", LORA), ("triton", STATE)],
+                         ids=["auto", "triton", "triton-state"])
+def test_compiled_graphed_bf16_run_follows_the_eager_one(base, data, tmp_path, op, method):
     runs = {}
     for name, fast in (("eager", "0"), ("fast", "auto")):
         proj = tmp_path / name
-        r = run_cli(*gpu_args(base, data, proj, "--peft", "lora", "--lora_config", '{"lora_dropout":0}',
-                              "--precision", "bf16", "--compile", fast, "--cuda_graph", fast, "--op", op))
+        r = run_cli(*gpu_args(base, data, proj, *method, "--precision", "bf16", "--compile", fast,
+                              "--cuda_graph", fast, "--op", op))
         assert r.rc == 0, r.err
         runs[name] = losses(proj)
     assert "compile, cuda_graph" in (tmp_path / "fast" / "train_log.txt").read_text()
