@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from rwkv_peft.ops import wkv7_triton
 
@@ -129,3 +130,14 @@ def _interpret(script: str, *args: str) -> float:
 
 def test_compiled_model_traces_through_the_kernels():
     assert _interpret(COMPILED) < COMPILED_TOL
+
+
+def test_the_forward_operator_has_a_flop_count():
+    """torch.compile's partitioner weighs ops by FLOPs under an activation budget; at 0 it recomputed our WKV in
+    backward (ops/wkv7_triton.py). 32 chunks x 32 heads x 3,538,944 at one 1.5B layer, 1 x 1024."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.empty(1, 1024, 32, 64, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        torch.ops.rwkv_peft.wkv7_triton_fwd(x, x, x, x, x, x, None, True)
+    assert counter.get_total_flops() == wkv7_triton.forward_flops(1, 1024, 32, 64) == 32 * 32 * 3_538_944
