@@ -11,6 +11,7 @@ have matched the GPU's allocated memory within a few percent where compared (ben
     python bench/kept_tensors.py                          # LoRA r64, ctx 1024
     python bench/kept_tensors.py --method bone --ctx 4096
     python bench/kept_tensors.py --partitioner activation_memory_budget=0.9
+    python bench/kept_tensors.py --method state   # State tuning: a trained initial WKV state, nothing else
 """
 
 import argparse
@@ -37,8 +38,12 @@ TARGETS = ["att.receptance", "att.key", "att.value", "att.output", "ffn.key", "f
 
 def adapted_block(model: str, method: str) -> Block:
     """Block 1 of an RWKV-7 of `model`'s shape on the meta device, bf16, frozen but for the adapter (fp32) and the
-    LayerNorms (`--train_parts ln`); LoRA folded as on a GPU (adapters/fold.py)."""
+    LayerNorms (`--train_parts ln`); LoRA folded as on a GPU (adapters/fold.py). "state": all frozen (the trained
+    initial state comes in as an input, as the model passes it)."""
     n_layer, n_embd = MODELS[model]
+    if method == "state":
+        with torch.device("meta"):
+            return Block(RWKV7Config(n_layer=n_layer, n_embd=n_embd), 1).to(torch.bfloat16).requires_grad_(False)
     config, layers = ADAPTERS[method], []
 
     def make(name, linear):
@@ -55,8 +60,9 @@ def adapted_block(model: str, method: str) -> Block:
     return block
 
 
-def kept(block: Block, ctx: int) -> list[tuple[str, tuple, torch.dtype, int]]:
-    """(producer, shape, dtype, bytes) of each tensor the forward graph hands to backward, parameters left out."""
+def kept(block: Block, ctx: int, state: bool = False) -> list[tuple[str, tuple, torch.dtype, int]]:
+    """(producer, shape, dtype, bytes) of each tensor the forward graph hands to backward, parameters left out.
+    state: the block gets an fp32 initial WKV state [1, H, N, N] that needs a gradient (State tuning)."""
     found = []
 
     def forward_compiler(gm, inputs):
@@ -78,14 +84,16 @@ def kept(block: Block, ctx: int) -> list[tuple[str, tuple, torch.dtype, int]]:
     C = block.att.receptance.in_features
     with torch.device("meta"):
         x, v_first = (torch.empty(1, ctx, C, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-        run(block, x, v_first, None, None, None, None, "triton")
+        H, N = block.att.n_head, block.att.head_size
+        s0 = torch.empty(1, H, N, N, requires_grad=True) if state else None
+        run(block, x, v_first, None, s0, None, None, "triton")
     return found
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="1.5b", choices=MODELS)
-    ap.add_argument("--method", default="lora", choices=ADAPTERS)
+    ap.add_argument("--method", default="lora", choices=[*ADAPTERS, "state"])
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--partitioner", nargs="*", default=[], metavar="KEY=VALUE",
                     help="more torch._functorch.config settings, e.g. activation_memory_budget=0.9")
@@ -97,7 +105,7 @@ def main() -> None:
     # The CPU has no CUDA device: let the backend's operator run on the meta device (its shape functions).
     registry.register("wkv7_terms", "triton", wkv7_triton.wkv7_triton_terms, lambda device: True)
     with functorch_config.patch(settings):
-        found = kept(adapted_block(args.model, args.method), args.ctx)
+        found = kept(adapted_block(args.model, args.method), args.ctx, state=args.method == "state")
     for producer, shape, dtype, nbytes in found:
         if nbytes >= 2**20:
             print(f"{producer:40s} {str(shape):24s} {str(dtype).removeprefix('torch.'):9s} {nbytes / 2**20:7.2f} MiB")
