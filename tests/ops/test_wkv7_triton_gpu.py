@@ -62,7 +62,7 @@ def test_one_token_repeated_with_slow_decay_matches_reference():
     (y, s, grads), (y_ref, s_ref, grads_ref) = _run(wkv7, inputs, "triton", False), _run(wkv7, inputs, "torch", True)
     errors = {"y": rel_err(y, y_ref), "state": rel_err(s, s_ref)}
     errors |= {f"d{n}": rel_err(g, ref) for n, g, ref in zip(WKV7_NAMES, grads, grads_ref) if n not in "ab"}
-    bad = {k: f"{e:.2e}" for k, e in errors.items() if not e < BF16_TOL}
+    bad = {name: f"{e:.2e}" for name, e in errors.items() if not e < BF16_TOL}
     assert not bad, f"over {BF16_TOL}: {bad}"
     assert all(torch.isfinite(g).all() for g in grads)
 
