@@ -41,9 +41,10 @@ def adapted_block(model: str, method: str) -> Block:
     LayerNorms (`--train_parts ln`); LoRA folded as on a GPU (adapters/fold.py). "state": all frozen (the trained
     initial state comes in as an input, as the model passes it)."""
     n_layer, n_embd = MODELS[model]
+    with torch.device("meta"):
+        block = Block(RWKV7Config(n_layer=n_layer, n_embd=n_embd), 1).to(torch.bfloat16).requires_grad_(False)
     if method == "state":
-        with torch.device("meta"):
-            return Block(RWKV7Config(n_layer=n_layer, n_embd=n_embd), 1).to(torch.bfloat16).requires_grad_(False)
+        return block
     config, layers = ADAPTERS[method], []
 
     def make(name, linear):
@@ -51,7 +52,6 @@ def adapted_block(model: str, method: str) -> Block:
         return layers[-1]
 
     with torch.device("meta"):
-        block = Block(RWKV7Config(n_layer=n_layer, n_embd=n_embd), 1).to(torch.bfloat16).requires_grad_(False)
         for name in part_parameter_names(block, ["ln"]):
             block.get_parameter(name).requires_grad_(True)
         inject(block, TARGETS, make)  # the adapter's tensors: fp32 beside a bf16 base, trainable
