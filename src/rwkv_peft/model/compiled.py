@@ -42,8 +42,15 @@ INDUCTOR_OPTIONS: dict[str, object] = {"combo_kernels": True, "combo_kernels_poi
 # decompositions on the meta device, 1.5B width, --op triton): 108.5 -> 84.7 MiB per layer per 1K tokens with these
 # two off. Matrix products and the WKV kernels are never recomputed (not on the partitioner's list of recomputable
 # ops).
+# Under an activation budget below 1 the partitioner drops more, down to what fits the budget, weighing recomputation
+# by FLOPs (our WKV operator has a formula: wkv7_triton.forward_flops), and `is_non_builtin_to_include` bars it from
+# recomputing custom operators (the WKV kernels) at all. H200, 1.5B ctx 1024 bsz 1, --op triton, the trainer
+# (bench/results/2026-12-04-h200-session21.md): 0.9 takes LoRA 7.20 -> 6.80 GiB nvidia-smi peak at -0.5% tokens/s,
+# State tuning 5.99 -> 5.66 GiB at -2.6%.
 PARTITIONER_OPTIONS: dict[str, object] = {"ban_recompute_materialized_backward": False,
-                                          "ban_recompute_used_far_apart": False}
+                                          "ban_recompute_used_far_apart": False,
+                                          "activation_memory_budget": 0.9,
+                                          "is_non_builtin_to_include": True}
 
 
 @cache
@@ -58,6 +65,10 @@ def compiled_block() -> Callable:
     # Scoped to the blocks: the partition happens when a call first compiles (the trainer's other compiled parts and
     # a user's own keep torch's settings).
     partitioner = {k: v for k, v in PARTITIONER_OPTIONS.items() if hasattr(functorch_config, k)}
+    if "is_non_builtin_to_include" not in partitioner:
+        # An older torch: under a budget its partitioner may run the WKV forward again in backward (-6.6% at 0.9 in
+        # session 16), so it keeps what it keeps by default.
+        partitioner.pop("activation_memory_budget", None)
 
     def run(*args):
         with functorch_config.patch(partitioner):
