@@ -74,17 +74,21 @@ STATE = ("--train_type", "state", "--lr_init", "0.05", "--lr_final", "0.05")
 @pytest.mark.parametrize("op, method", [("auto", LORA), ("triton", LORA), ("triton", STATE)],
                          ids=["auto", "triton", "triton-state"])
 def test_compiled_graphed_bf16_run_follows_the_eager_one(base, data, tmp_path, op, method):
+    # LoRA at a tenth of the helpers' learning rate: at 1e-2 the two runs' bf16 roundings (1.5e-5 apart at step 1)
+    # grow each step, to 0.6% at step 6 and 2.1-2.5% by step 12 (H200, session 21, with or without the partitioner's
+    # activation budget): the comparison then measures the trajectory's sensitivity, not the fast path.
+    lr = ("--lr_init", "1e-3", "--lr_final", "1e-3") if method is LORA else ()
     runs = {}
     for name, fast in (("eager", "0"), ("fast", "auto")):
         proj = tmp_path / name
-        r = run_cli(*gpu_args(base, data, proj, *method, "--precision", "bf16", "--compile", fast,
+        r = run_cli(*gpu_args(base, data, proj, *method, *lr, "--precision", "bf16", "--compile", fast,
                               "--cuda_graph", fast, "--op", op))
         assert r.rc == 0, r.err
         runs[name] = losses(proj)
     assert "compile, cuda_graph" in (tmp_path / "fast" / "train_log.txt").read_text()
     assert runs["fast"][-1] < runs["fast"][0]
-    for eager, fast in zip(runs["eager"], runs["fast"]):
-        assert abs(fast - eager) <= BF16 * abs(eager)
+    gaps = [abs(fast - eager) / abs(eager) for eager, fast in zip(runs["eager"], runs["fast"], strict=True)]
+    assert max(gaps) <= BF16, [f"{g:.1e}" for g in gaps]
 
 
 def test_the_captured_function_equals_the_eager_micro_step_on_cpu(base, data, tmp_path):
