@@ -1,7 +1,7 @@
 """The "triton" backend (this project's WKV-7 kernels, ops/wkv7_triton.py) against the fp32 torch reference on a
 GPU, as test_fla_gpu.py checks fla: outputs, final state and every gradient, the initial state's included, at
 lengths that end mid-chunk, packed, with one state shared by the batch; and the whole model's loss
-(test_fla_gpu.py's model test runs it too). On any machine: only --op triton picks it."""
+(test_fla_gpu.py's model test runs it too). On any machine: which calls "auto" sends to it."""
 
 import pytest
 import torch
@@ -123,9 +123,9 @@ def test_wkv7_triton_runs_in_a_cuda_graph():
         assert torch.equal(a, b)
 
 
-def test_auto_never_picks_triton_and_the_name_selects_it(monkeypatch):
-    """Opt-in until it is faster than fla (bench/NOTES.md row 20): only --op triton picks it; on the CPU it says
-    why it cannot run."""
+def test_plain_auto_never_picks_triton_and_the_name_selects_it(monkeypatch):
+    """`wkv7` (plain log w, a, b) under "auto" keeps fla or torch; only the model's `wkv7_terms` picks triton under
+    "auto" (next test). On the CPU the name says why it cannot run."""
     from rwkv_peft.errors import UserError
     from rwkv_peft.ops import fla as fla_backend
     from rwkv_peft.ops import registry
@@ -136,3 +136,15 @@ def test_auto_never_picks_triton_and_the_name_selects_it(monkeypatch):
     assert registry.resolve("wkv7", "triton", torch.device("cuda")).name == "triton"
     with pytest.raises(UserError, match="backend 'triton' for wkv7: it needs a CUDA device"):
         registry.resolve("wkv7", "triton", torch.device("cpu"))
+
+
+def test_auto_runs_the_models_terms_on_triton_in_bf16_on_cuda_unpacked(monkeypatch):
+    monkeypatch.setattr(wkv7_triton, "installed", lambda: True)
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    assert wkv7_triton.auto_runs_terms(cuda, bf16, 64, packed=False)
+    assert not wkv7_triton.auto_runs_terms(cuda, bf16, 64, packed=True)      # fla's varlen kernels
+    assert not wkv7_triton.auto_runs_terms(cuda, torch.float16, 64, packed=False)
+    assert not wkv7_triton.auto_runs_terms(cuda, bf16, 48, packed=False)     # not a power of two
+    assert not wkv7_triton.auto_runs_terms(torch.device("cpu"), bf16, 64, packed=False)
+    monkeypatch.setattr(wkv7_triton, "installed", lambda: False)
+    assert not wkv7_triton.auto_runs_terms(cuda, bf16, 64, packed=False)

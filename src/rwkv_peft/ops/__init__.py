@@ -25,11 +25,12 @@ registry.register("wkv6", "fla", fla.wkv6_fla, fla.available, priority=10, unava
 # wind_rwkv's CUDA kernel: faster than fla only with many sequences per step (wind.py), so never picked by "auto".
 registry.register("wkv7", "wind", wind.wkv7_wind, wind.available, priority=-1,
                   unavailable_reason=wind.unavailable_reason)
-# This project's own Triton kernels (wkv7_triton.py): opt-in until measured against fla.
+# This project's own Triton kernels (wkv7_triton.py): named, or under "auto" for RWKV-7's model through
+# `wkv7_terms` (below), where they were measured to win.
 registry.register("wkv7", "triton", wkv7_triton.wkv7_triton, wkv7_triton.available, priority=-1,
                   unavailable_reason=wkv7_triton.unavailable_reason)
-# Backends that take RWKV-7's own terms (`wkv7_terms`): only when named, since "auto" never resolves to them (priority
-# -1 above); under "auto" log w, a, b are formed in the caller's graph.
+# Backends that take RWKV-7's own terms (`wkv7_terms`): named, or "auto" where `wkv7_triton.auto_runs_terms` says
+# so; elsewhere "auto" forms log w, a, b in the caller's graph and calls `wkv7`.
 registry.register("wkv7_terms", "triton", wkv7_triton.wkv7_triton_terms, wkv7_triton.available,
                   unavailable_reason=wkv7_triton.unavailable_reason)
 _TAKES_TERMS = frozenset(registry.backends("wkv7_terms"))
@@ -75,17 +76,31 @@ def wkv7_terms(r: Tensor, w_raw: Tensor, k: Tensor, v: Tensor, kk: Tensor, iclr:
     """RWKV-7's WKV from the model's own terms, each [B, T, H, N]: its decay path's output w_raw, removal key kk and
     in-context learning rate iclr; that is `wkv7` with log_w = rwkv7_log_decay(w_raw), a = -kk, b = kk * iclr.
 
-    A backend that takes the terms (--op triton) forms those inside its kernels and keeps only the terms for
-    backward, which the caller's graph keeps anyway; its kernels are torch operators, so under torch.compile the
-    caller's graph does not break here (unless documents are packed: they run one at a time). For the other
-    backends log w, a and b are formed here, outside the WKV call, so under torch.compile they stay in the caller's
-    compiled graph, fused with its other elementwise work."""
+    A backend that takes the terms (--op triton, and "auto" in bf16 on CUDA unless documents are packed) forms those
+    inside its kernels and keeps only the terms for backward, which the caller's graph keeps anyway; its kernels are
+    torch operators, so under torch.compile the caller's graph does not break here (unless documents are packed:
+    they run one at a time). For the other backends log w, a and b are formed here, outside the WKV call, so under
+    torch.compile they stay in the caller's compiled graph, fused with its other elementwise work."""
+    backend = _terms_backend(backend, r.device, r.dtype, r.shape[-1], cu_seqlens is not None)
     if backend not in _TAKES_TERMS:
         return wkv7(r, rwkv7_log_decay(w_raw), k, v, -kk, kk * iclr, state, cu_seqlens=cu_seqlens, backend=backend)
     _check_packed(r, cu_seqlens)
     if cu_seqlens is not None:
         return _wkv7_terms_packed(r, w_raw, k, v, kk, iclr, state, cu_seqlens=cu_seqlens, backend=backend)
     return registry.resolve("wkv7_terms", backend, r.device).fn(r, w_raw, k, v, kk, iclr, state=state)
+
+
+def _terms_backend(backend: str, device: torch.device, dtype: torch.dtype, head_size: int, packed: bool) -> str:
+    auto_triton = backend == "auto" and wkv7_triton.auto_runs_terms(device, dtype, head_size, packed)
+    return "triton" if auto_triton else backend
+
+
+def model_backend(version: int, backend: str, device: torch.device, dtype: torch.dtype, head_size: int,
+                  packed: bool) -> str:
+    """The name of the WKV backend that RWKV-`version`'s model runs on with these settings (`--op` is `backend`)."""
+    if version == 7:
+        backend = _terms_backend(backend, device, dtype, head_size, packed)
+    return registry.resolve(f"wkv{version}", backend, device).name
 
 
 @torch.compiler.disable
@@ -107,5 +122,5 @@ def wkv6(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tenso
     return impl.fn(r, log_w, k, v, u, state=state)
 
 
-__all__ = ["wkv7", "wkv7_terms", "wkv6", "rwkv7_log_decay", "LOG_DECAY_BOUND", "token_shift", "relu_squared",
-           "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent", "wkv6_chunked", "registry"]
+__all__ = ["wkv7", "wkv7_terms", "wkv6", "model_backend", "rwkv7_log_decay", "LOG_DECAY_BOUND", "token_shift",
+           "relu_squared", "wkv7_recurrent", "wkv7_chunked", "wkv6_recurrent", "wkv6_chunked", "registry"]

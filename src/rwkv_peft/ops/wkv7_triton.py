@@ -42,8 +42,10 @@ inverse (session 19) costs 2-3% of that: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms i
 13's trainer at 1.5B LoRA ctx 1024 it was 2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s); 1.5B
 LoRA at ctx 4096 x 8 trains without --grad_cp in 76 GiB (37.7% MFU, session 15), where fla would need ~60 GiB more
 (32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
-Still opt-in (`--op triton`): "auto" keeps fla until the acceptance device (an H100) and many-sequence batches
-have been compared in one run (bench/NOTES.md).
+"auto" runs RWKV-7's model on them (`auto_runs_terms`) since session 22: at 1.5B ctx 1024 on an H200 the trainer ran
+LoRA at 36.14 Kt/s in 6.84 GiB (nvidia-smi peak) against fla's 34.26 in 9.43, State tuning 46.83 / 5.66 against
+42.30 / 7.97, and they need no first-use autotuning (fla's took ~300 s): bench/results/2026-12-04-h200-session22.md.
+Plain `ops.wkv7` under "auto" (no terms: other callers) keeps fla.
 """
 
 from functools import cache
@@ -98,6 +100,16 @@ def _prefetch(programs: int, device: torch.device) -> bool:
 
 def installed() -> bool:
     return triton is not None
+
+
+def takes_head_size(N: int) -> bool:
+    return N >= VALUE_BLOCK and not N & (N - 1)
+
+
+def auto_runs_terms(device: torch.device, dtype: torch.dtype, head_size: int, packed: bool) -> bool:
+    """Whether "auto" runs RWKV-7's model (`ops.wkv7_terms`) on these kernels: in bf16 on CUDA, with a head size
+    they take, and unpacked (packed documents would run one at a time; fla has varlen kernels for them)."""
+    return available(device) and dtype == torch.bfloat16 and takes_head_size(head_size) and not packed
 
 
 def available(device: torch.device) -> bool:
@@ -556,7 +568,7 @@ _fwd.register_autograd(_backward, setup_context=_setup_context)
 def _call(entry, terms: bool, r, decay, k, v, a, b, state, cu_seqlens) -> tuple[Tensor, Tensor]:
     """Both entry points: checks, packed documents one at a time, dtypes and layout, then the kernels."""
     N = r.shape[-1]
-    if N < VALUE_BLOCK or N & (N - 1):
+    if not takes_head_size(N):
         raise UserError(f"--op triton needs a head size that is a power of two >= {VALUE_BLOCK}, not {N}; "
                         "use --op auto")
     if cu_seqlens is not None:

@@ -51,9 +51,9 @@ class ModelSection:
     head_size_a: int = opt(0, "optional: head size, checked against the checkpoint")
     dim_att: int = opt(0, "optional: checked against the checkpoint")
     dim_ffn: int = opt(0, "optional: checked against the checkpoint")
-    op: str = opt("auto", "WKV kernel backend: auto (fla on a GPU, else torch), torch, fla, triton (RWKV-7, this "
-                  "project's kernels: less memory), wind (RWKV-7, many sequences per step, no CUDA graphs; see "
-                  "README); RWKV-PEFT's cuda means auto")
+    op: str = opt("auto", "WKV kernel backend: auto (on a GPU: triton for RWKV-7 in bf16 without packing, "
+                  "else fla; torch on the CPU), torch, fla, triton (RWKV-7, this project's kernels: less memory), "
+                  "wind (RWKV-7, many sequences per step, no CUDA graphs; see README); RWKV-PEFT's cuda means auto")
     grad_cp: Share = opt(0.0, "recompute blocks' activations in backward (less memory, ~30% slower): 1 all "
                          "blocks, 0 none, a share between (0.5: every other block)")
     compile: str = opt("auto", "torch.compile each block: auto (on a GPU), 1, 0; the first steps compile",

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..model import read_checkpoint
 from ..model.load import check_against, model_from_state_dict
 from ..model.tokenizer import Tokenizer
-from ..ops import registry
+from ..ops import model_backend, registry
 from ..quant import quantize_model
 from .checkpoint import ResumePoint
 from .config import TrainConfig
@@ -74,7 +74,7 @@ class Session:
                  + (f" (resumed from {resumed_from})" if resumed_from else ""),
                  f"precision {self.precision.name} on {r['device']}"
                  + "".join(f", {what}" for what in ("compile", "cuda_graph") if r[what])
-                 + f", seed {r['seed']}, outputs in {self.proj_dir}/"]
+                 + f", WKV {r['wkv']}, seed {r['seed']}, outputs in {self.proj_dir}/"]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
@@ -268,6 +268,8 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                 "world_size": dist.world_size, "strategy": strategy, "steps_per_epoch": steps_per_epoch,
                 "epoch_count": s.epoch_count, "total_steps": total, "device": str(device), "seed": seed,
                 "compile": model.compile, "cuda_graph": cuda_graph,
+                "wkv": model_backend(mc.version, model.backend, device, precision.compute_dtype, mc.head_size,
+                                     packed=cfg.data.dataload == "pack"),
                 "state_lr": [st_init, st_final] if spec.state else None}
     return Session(Path(cfg.run.proj_dir), precision, model, spec, info, identity, list(named.values()), optimizer,
                    None if engine.owns_step else precision.grad_scaler(), schedule, loader, val_data,
