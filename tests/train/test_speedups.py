@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rwkv_peft.ops import fla as fla_backend
+from rwkv_peft.train.session import slow_start_note
 
 from .helpers import losses, records, run_cli, train_args
 
@@ -37,6 +38,13 @@ def test_rwkv6_compiles_when_asked(base_v6, data, tmp_path):
     r = run_cli(*train_args(base_v6, data, tmp_path / "p", "--peft", "lora", "--compile", "1", steps=3))
     assert r.rc == 0, r.err
     assert "on cpu, compile," in r.err and losses(tmp_path / "p")[-1] < losses(tmp_path / "p")[0]
+
+
+def test_the_slow_start_note_names_what_takes_the_time():
+    assert slow_start_note(False, "torch", False) is None
+    assert slow_start_note(True, "triton", True) == ("the first steps are slow: they compile the blocks (a minute or "
+                                                     "two on a fresh machine) and capture CUDA graphs")
+    assert "autotune fla's WKV kernels" in slow_start_note(False, "fla", False)
 
 
 def test_auto_is_off_on_cpu(base, data, tmp_path):

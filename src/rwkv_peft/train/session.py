@@ -154,6 +154,16 @@ def _data(cfg: TrainConfig, seed: int, tokenizer: Tokenizer | None, data_file: s
     return ds
 
 
+def slow_start_note(compiled: bool, wkv: str, cuda_graph: bool) -> str | None:
+    """What makes the first steps slow, for the run's description (None: nothing)."""
+    # fla autotunes its kernels at each new shape on first use: ~300 s at 1.5B (H200, session 22).
+    slow = [what for what, on in (("compile the blocks (a minute or two on a fresh machine)", compiled),
+                                  ("autotune fla's WKV kernels (up to ~5 minutes per new shape on a fresh machine)",
+                                   wkv == "fla"),
+                                  ("capture CUDA graphs", cuda_graph)) if on]
+    return "the first steps are slow: they " + " and ".join(slow) if slow else None
+
+
 def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: int,
                   resume: ResumePoint | None) -> Session:
     """Set up a run; with `resume`, the adapter is rebuilt exactly as that checkpoint's (PiSSA factors) and holds
@@ -250,15 +260,15 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                      "stays replicated, so use deepspeed_stage_3 to shard it")
     if strategy != "single" and cfg.log.sample_prompts and not engine.can_sample:
         notes.append(f"--sample_prompt is skipped under --strategy {strategy} (the base is sharded over ranks)")
-    if model.compile or cuda_graph:
-        notes.append("the first steps are slow: they " + " and ".join(
-            what for what, on in (("compile the blocks (a minute or two on a fresh machine)", model.compile),
-                                   ("capture CUDA graphs", cuda_graph)) if on))
+    mc = model.config
+    wkv = model_backend(mc.version, model.backend, device, precision.compute_dtype, mc.head_size,
+                        packed=cfg.data.dataload == "pack")
+    if note := slow_start_note(model.compile, wkv, cuda_graph):
+        notes.append(note)
     if dist.world_size == 1 and cfg.run.strategy not in ("auto", "ddp"):
         notes.append(f"--strategy {cfg.run.strategy} has no effect on one device")
     schedule = Schedule(s.lr_schedule, total, s.warmup_steps, s.decay_fraction)
 
-    mc = model.config
     resolved = {"load_model": cfg.model.load_model, "version": mc.version, "n_layer": mc.n_layer,
                 "n_embd": mc.n_embd, "vocab_size": vocab, "head_size": mc.head_size,
                 "method": spec.method + (f" + parts {','.join(spec.train_parts)}" if spec.train_parts else ""),
@@ -268,8 +278,7 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                 "world_size": dist.world_size, "strategy": strategy, "steps_per_epoch": steps_per_epoch,
                 "epoch_count": s.epoch_count, "total_steps": total, "device": str(device), "seed": seed,
                 "compile": model.compile, "cuda_graph": cuda_graph,
-                "wkv": model_backend(mc.version, model.backend, device, precision.compute_dtype, mc.head_size,
-                                     packed=cfg.data.dataload == "pack"),
+                "wkv": wkv,
                 "state_lr": [st_init, st_final] if spec.state else None}
     return Session(Path(cfg.run.proj_dir), precision, model, spec, info, identity, list(named.values()), optimizer,
                    None if engine.owns_step else precision.grad_scaler(), schedule, loader, val_data,
