@@ -34,6 +34,12 @@ def test_cuda_graph_on_cpu_is_a_clear_error(base, data, tmp_path):
     assert r.rc == 2 and "--cuda_graph 1 is not possible here: it needs a CUDA device" in r.err
 
 
+def test_a_named_wkv_backend_that_cannot_run_here_fails_before_training(base, data, tmp_path):
+    r = run_cli(*train_args(base, data, tmp_path / "p", "--peft", "lora", "--op", "triton", steps=2))
+    assert r.rc == 2 and "backend 'triton' for wkv7: it needs a CUDA device" in r.err
+    assert "Traceback" not in r.err and not (tmp_path / "p" / "metrics.jsonl").exists()
+
+
 def test_rwkv6_compiles_when_asked(base_v6, data, tmp_path):
     r = run_cli(*train_args(base_v6, data, tmp_path / "p", "--peft", "lora", "--compile", "1", steps=3))
     assert r.rc == 0, r.err

@@ -178,8 +178,10 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     check_supported(strategy, infctx=infctx, state=spec.state, quant=spec.quant, precision=precision.name)
     # FSDP: built on the CPU, each unit moves to the GPU as it is sharded (the base need not fit one GPU).
     model = _load_base(cfg, torch.device("cpu") if strategy == "fsdp" else device, precision)
-    if model.backend != "auto":  # a named WKV backend that cannot run here fails now, not at the first step
-        registry.resolve(f"wkv{model.config.version}", model.backend, device)
+    mc = model.config
+    # The WKV backend the run will use; a named one that cannot run here fails now, not at the first step.
+    wkv = model_backend(mc.version, model.backend, device, precision.compute_dtype, mc.head_size,
+                        packed=cfg.data.dataload == "pack")
     model.compile, cuda_graph = _speedups(cfg, device, precision, chunk_ctx, dist, strategy)
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
@@ -260,9 +262,6 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
                      "stays replicated, so use deepspeed_stage_3 to shard it")
     if strategy != "single" and cfg.log.sample_prompts and not engine.can_sample:
         notes.append(f"--sample_prompt is skipped under --strategy {strategy} (the base is sharded over ranks)")
-    mc = model.config
-    wkv = model_backend(mc.version, model.backend, device, precision.compute_dtype, mc.head_size,
-                        packed=cfg.data.dataload == "pack")
     if note := slow_start_note(model.compile, wkv, cuda_graph):
         notes.append(note)
     if dist.world_size == 1 and cfg.run.strategy not in ("auto", "ddp"):
