@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from rwkv_peft.ops import wkv7
-from rwkv_peft.ops import LOG_DECAY_BOUND
+from rwkv_peft.ops import LOG_DECAY_BOUND, wkv7
 
 SAFE64 = dict(safe_gate=True, lower_bound=LOG_DECAY_BOUND, chunk_size=64)
 # Each chunk size autotunes its own set of Triton kernels (minutes on a fresh machine): pick with --variants.
@@ -35,7 +34,8 @@ VARIANTS = {
 def ours_variant(name: str) -> dict:
     """"triton" or e.g. "triton:C=16/BV=32/fwd=4/state=4/factors=8/prefetch=0": this project's kernels
     (ops/wkv7_triton.py) with chunk size C, value rows per program BV, warps per kernel and the walks' prefetch;
-    "terms=1" calls them with RWKV-7's terms (w_raw, kk, iclr in bf16, as the model passes them; `as_terms`)."""
+    "keepinv=0" inverts L again in backward; "terms=1" calls them with RWKV-7's terms (w_raw, kk, iclr in bf16,
+    as the model passes them; `as_terms`)."""
     opts = dict(kv.split("=") for kv in name.partition(":")[2].split("/") if kv)
     return {key: int(val) for key, val in opts.items()}
 
@@ -48,7 +48,7 @@ def ours_fwd_bwd(opts: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: tor
 
     # Every variant starts from the module's defaults: settings named in the variant replace them.
     if not _OURS_DEFAULTS:
-        names = ("CHUNK", "VALUE_BLOCK", "WARPS", "STAGES", "PREFETCH", "LOW_PRECISION")
+        names = ("CHUNK", "VALUE_BLOCK", "WARPS", "STAGES", "PREFETCH", "LOW_PRECISION", "KEEP_INVERSE")
         _OURS_DEFAULTS.update({n: getattr(ours, n) for n in names})
     defaults = _OURS_DEFAULTS
     ours.CHUNK, ours.VALUE_BLOCK = opts.get("C", defaults["CHUNK"]), opts.get("BV", defaults["VALUE_BLOCK"])
@@ -57,6 +57,7 @@ def ours_fwd_bwd(opts: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: tor
     ours.PREFETCH = bool(opts["prefetch"]) if "prefetch" in opts else defaults["PREFETCH"]
     ours.LOW_PRECISION = {kernel: bool(opts.get("low" + kernel, on))
                           for kernel, on in defaults["LOW_PRECISION"].items()}
+    ours.KEEP_INVERSE = bool(opts.get("keepinv", defaults["KEEP_INVERSE"]))
     r, log_w, k, v, a, b, s0 = args
     if opts.get("terms"):
         y, s = ours.wkv7_triton_terms(r, k=k, v=v, state=s0.transpose(-1, -2), **as_terms(log_w, a, b))
@@ -154,7 +155,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="1x1024x32,8x4096x32,1x1024x12,1x65536x32", help="BxTxH, comma-separated")
     ap.add_argument("--variants", default="safe64,safe64-norecompute", help=", ".join(VARIANTS)
                     + ", triton[:C=../BV=../prep=../fwd=../state=../values=../factors=../stages=.."
-                      "/lowchunk=0|1/lowprep=0|1/prefetch=0|1/terms=0|1]")
+                      "/lowchunk=0|1/lowprep=0|1/prefetch=0|1/keepinv=0|1/terms=0|1]")
     ap.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per call")
     args = ap.parse_args()
     print("| shape B,T,H | variant | ms fwd+bwd (wall) | ms GPU | rel err y | rel err dstate0 | worst other grad |")

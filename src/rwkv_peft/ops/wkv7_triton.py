@@ -23,7 +23,8 @@ M is computed as one product of decayed factors, (x e^{g_x - gC/2}) (y e^{gC/2 -
 
 The kernels:
 - prep, per chunk (all chunks in parallel): what does not depend on the chunk's start state, so that each walk
-  does one small product per chunk (`_prep_kernel`); run again in backward rather than kept;
+  does one small product per chunk (`_prep_kernel`); run again in backward for A and Q rather than keep them
+  (24 MiB per 1.5B layer per 1K tokens), but from the forward's L^-1 (2 MiB, `KEEP_INVERSE`);
 - forward walk: per (head, block of value rows), over the chunks: stores Y and each chunk's start state S0;
 - backward walk: the same, back: dS0 = dY^T r e^g + dS1 e^gC + drhs^T a e^g' with drhs = L^-T (M_rb^T dY +
   b e^{gC-g} dS1^T); stores each chunk's end-state gradient dS1 and returns dS0 of the first chunk (the initial
@@ -36,12 +37,12 @@ The kernels:
 RWKV-7's model passes its own terms (`ops.wkv7_terms`: w_raw, kk, iclr) and the kernels form log w, a and b as they
 load a chunk (`_load_decay_ab`), so that backward keeps tensors the model's compiled graph keeps anyway.
 
-Measured on an H200 (bench/results/2026-12-03-h200-session16.md), GPU time per layer, forward + backward:
-0.331 ms at B=1, T=1024, H=32 (fla: 0.340 in session 13) and 8.16 ms at B=8, T=4096 (fla: 7.43); the stable
-inverse (session 19) costs 2-3% of that: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms in one run. In session
-13's trainer at 1.5B LoRA ctx 1024 it was 2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s); 1.5B
-LoRA at ctx 4096 x 8 trains without --grad_cp in 76 GiB (37.7% MFU, session 15), where fla would need ~60 GiB more
-(32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
+Measured on an H200, GPU time per layer, forward + backward: 0.316 ms at B=1, T=1024, H=32 and 7.85 ms at B=8,
+T=4096 with the kept inverse, 0.343 and 8.77 without (bench/results/2026-12-04-h200-session23.md); fla 0.340 and
+7.43 (sessions 13, 16); the stable inverse (session 19) cost 2-3% of the time: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms
+in one run. In session 13's trainer at 1.5B LoRA ctx 1024 it was 2.3% faster than fla with 2.15 GiB less (34.2
+against 33.4 Kt/s); 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp in 76 GiB (37.7% MFU, session 15), where fla
+would need ~60 GiB more (32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
 "auto" runs RWKV-7's model on them (`auto_runs_terms`) since session 22: at 1.5B ctx 1024 on an H200 the trainer ran
 LoRA at 36.14 Kt/s in 6.84 GiB (nvidia-smi peak) against fla's 34.26 in 9.43, State tuning 46.83 / 5.66 against
 42.30 / 7.97, and they need no first-use autotuning (fla's took ~300 s): bench/results/2026-12-04-h200-session22.md.
@@ -83,6 +84,11 @@ PREFETCH: bool | None = None
 # Measured (bench/wkv_bench.py, H100): -5% and -10% of the kernels' time at ctx 1024 and 4096 x 8, errors against
 # the fp32 reference of y 3.3e-3 and of the gradients 8.2e-3 (fla: 2.5e-3 and 3.5e-3; all fp32: 2.0e-3, 3.0e-3).
 LOW_PRECISION = dict(chunk=True, prep=True)
+# The forward's prep keeps each chunk's L^-1 [C, C] for backward, whose prep and per-chunk first half would
+# otherwise invert L again: the inverse's serial chain of small products is most of those kernels' time. Kept in
+# bf16 when every product it enters rounds it to bf16 anyway (LOW_PRECISION), so backward's numbers are the same
+# either way; 2 MiB per 1.5B layer per 1K tokens.
+KEEP_INVERSE = True
 
 
 @cache
@@ -183,9 +189,9 @@ if triton is not None:
         return g, g - lw, gC, gC * 0.5
 
     @triton.jit
-    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, T, NT,
+    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, linv_ptr, T, NT,
                      H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr, FWD: tl.constexpr,
-                     LOWP: tl.constexpr, TERMS: tl.constexpr):
+                     LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr):
         """Grid (NT, B * H): everything of a chunk that does not depend on its start state S0, so that the walks
         over the chunks do one small product per chunk on their critical path:
             S1 = S0 A + Sv,   Y = Q S0^T + Yv                     (forward)
@@ -194,6 +200,7 @@ if triton is not None:
         b_d = b e^{gC-g}, k_d = k e^{gC-g}:
             A = diag(e^gC) + W^T b_d,   Sv = SAv^T b_d + V^T k_d,   Q = r e^g + M_rb W,   Yv = M_rb SAv + M_rk V.
         Outputs fp32: trans (A) and sv [B * H, NT, N, N]; q and yv [B * H, NT, C, N]. FWD=False: A and Q only.
+        KEEP_INV: the forward stores L^-1 in linv [B * H, NT, C, C] and backward loads it (`KEEP_INVERSE`).
         LOWP: bf16 operands in every product but L's inverse. TERMS: see `_load_decay_ab`."""
         c, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
@@ -207,7 +214,13 @@ if triton is not None:
         a_c = a * tl.exp(gp - h[None, :])
         b_c = tl.trans(b * tl.exp(h[None, :] - g))
         M_rb = tl.where(incl, _mm(r_c, b_c, LOWP), 0.0)
-        Linv = _tril_inverse(tl.where(strict, _mm(a_c, b_c, LOWP), 0.0), C, LOG_C)
+        linv_offs = (bh * NT + c) * C * C + rows[:, None] * C + rows[None, :]
+        if KEEP_INV and not FWD:
+            Linv = tl.load(linv_ptr + linv_offs).to(tl.float32)
+        else:
+            Linv = _tril_inverse(tl.where(strict, _mm(a_c, b_c, LOWP), 0.0), C, LOG_C)
+            if KEEP_INV:
+                tl.store(linv_ptr + linv_offs, Linv.to(linv_ptr.dtype.element_ty))
         W = _mm(Linv, a * tl.exp(gp), LOWP)
         tail = tl.exp(gC[None, :] - g)
         b_d = b * tail
@@ -318,13 +331,13 @@ if triton is not None:
         return r, lw, k, a, b, offs, mask
 
     @triton.jit
-    def _bwd_values_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr,
+    def _bwd_values_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dstates_ptr, linv_ptr,
                            dv_ptr, sa_ptr, drhs_ptr, T, NT,
                            H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
-                           LOWP: tl.constexpr, TERMS: tl.constexpr):
+                           LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr):
         """Grid (NT, B * H), the first half of the per-chunk backward: one chunk of one head, all N value rows.
-        From S0, dS1 and dY it recomputes the chunk (M, L^-1, SA = L^-1 (a_d S0^T + M_ak V)), goes back through
-        Y = r_d S0^T + M_rb SA + M_rk V and S1 = S0 e^gC + SA^T b_d + V^T k_d to SA and L's right-hand side
+        From S0, dS1 and dY it recomputes the chunk (M, L^-1 unless kept, SA = L^-1 (a_d S0^T + M_ak V)), goes
+        back through Y = r_d S0^T + M_rb SA + M_rk V and S1 = S0 e^gC + SA^T b_d + V^T k_d to SA and L's right-hand side
         (drhs = L^-T dSA), and writes dV. SA and drhs [B * H, NT, C, N] go to `_bwd_factors_kernel`, which needs
         neither M nor L. Each half holds about half the live values of the one kernel this was (255 registers and
         632 B spilled per thread); both run best at 4 warps, two programs to a multiprocessor (sessions 12, 16)."""
@@ -344,7 +357,10 @@ if triton is not None:
         M_rb = tl.where(incl, _mm(r_c, tl.trans(b_c), LOWP), 0.0)
         M_rk = tl.where(incl, _mm(r_c, tl.trans(k_c), LOWP), 0.0)
         M_ak = tl.where(strict, _mm(a_c, tl.trans(k_c), LOWP), 0.0)
-        Linv = _tril_inverse(tl.where(strict, _mm(a_c, tl.trans(b_c), LOWP), 0.0), C, LOG_C)
+        if KEEP_INV:  # the forward's (`KEEP_INVERSE`)
+            Linv = tl.load(linv_ptr + (bh * NT + c) * C * C + rows[:, None] * C + rows[None, :]).to(tl.float32)
+        else:
+            Linv = _tril_inverse(tl.where(strict, _mm(a_c, tl.trans(b_c), LOWP), 0.0), C, LOG_C)
         state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
         v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
         S0 = tl.load(states_ptr + state_offs).to(tl.float32)      # [N(value), N(key)]
@@ -439,14 +455,16 @@ def _sizes(N: int) -> dict:
     return dict(N=N, C=CHUNK, LOG_C=CHUNK.bit_length() - 1)
 
 
-def _prep(r, log_w, k, v, a, b, NT: int, fwd: bool, terms: bool) -> list[Tensor]:
-    """A, Q (and with fwd Sv, Yv) of every chunk: `_prep_kernel`."""
+def _prep(r, log_w, k, v, a, b, linv: Tensor, NT: int, fwd: bool, terms: bool) -> list[Tensor]:
+    """A, Q (and with fwd Sv, Yv) of every chunk: `_prep_kernel`. linv: L^-1 of every chunk, written by the
+    forward and read by backward (`_inverse_shape`; empty: not kept)."""
     B, T, H, N = r.shape
     f32 = dict(dtype=torch.float32, device=r.device)
     A, Q = torch.empty(B * H, NT, N, N, **f32), torch.empty(B * H, NT, CHUNK, N, **f32)
     Sv, Yv = (torch.empty_like(A), torch.empty_like(Q)) if fwd else (A, Q)
-    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, A, Q, Sv, Yv, T, NT, H=H, FWD=fwd, LOWP=LOW_PRECISION["prep"],
-                              TERMS=terms, num_warps=WARPS["prep"], **_sizes(N))
+    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, A, Q, Sv, Yv, linv, T, NT, H=H, FWD=fwd,
+                              LOWP=LOW_PRECISION["prep"], TERMS=terms, KEEP_INV=linv.numel() > 0,
+                              num_warps=WARPS["prep"], **_sizes(N))
     return [A, Q, Sv, Yv] if fwd else [A, Q]
 
 
@@ -458,19 +476,29 @@ def _state_dtype() -> torch.dtype:
     return torch.bfloat16 if LOW_PRECISION["chunk"] else torch.float32
 
 
+def _inverse_shape(B: int, H: int, NT: int) -> tuple[int, ...]:
+    return (B * H, NT, CHUNK, CHUNK) if KEEP_INVERSE else (0,)
+
+
+def _inverse_dtype() -> torch.dtype:
+    # bf16 only where every product L^-1 enters in backward is bf16 (prep's and the per-chunk first half's)
+    return torch.bfloat16 if LOW_PRECISION["prep"] and LOW_PRECISION["chunk"] else torch.float32
+
+
 # The kernels are registered as two torch operators (forward, backward) with a shape function each, so that
 # torch.compile traces through the WKV instead of breaking the block's graph in two there: one graph per block,
 # forward and backward, with the work on both sides of the WKV fused and no eager gradient sums where a tensor
 # crosses a graph break.
 @torch.library.custom_op("rwkv_peft::wkv7_triton_fwd", mutates_args=())
 def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s0: Optional[Tensor],
-         terms: bool) -> tuple[Tensor, Tensor, Tensor]:
+         terms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(r, log w, k, v, a, b) or with `terms` (r, w_raw, k, v, kk, iclr): `_load_decay_ab`. All [B, T, H, N],
-    contiguous; s0 [B or 1, H, N, N] or None. Returns y [B, T, H, N], the final state sT [B, H, N, N] fp32 and the
-    chunks' start states [B, H, NT, N, N] (`_state_dtype`), which backward takes."""
+    contiguous; s0 [B or 1, H, N, N] or None. Returns y [B, T, H, N], the final state sT [B, H, N, N] fp32, and
+    for backward the chunks' start states [B, H, NT, N, N] (`_state_dtype`) and their L^-1 (`_inverse_shape`)."""
     B, T, H, N = r.shape
     NT = triton.cdiv(T, CHUNK)
-    A, Q, Sv, Yv = _prep(r, decay, k, v, a, b, NT, fwd=True, terms=terms)
+    linv = r.new_empty(_inverse_shape(B, H, NT), dtype=_inverse_dtype())
+    A, Q, Sv, Yv = _prep(r, decay, k, v, a, b, linv, NT, fwd=True, terms=terms)
     y = torch.empty_like(r)
     states = torch.empty(B, H, NT, N, N, dtype=_state_dtype(), device=r.device)
     sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
@@ -479,14 +507,16 @@ def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
                                           BV=VALUE_BLOCK, HAS_S0=s0 is not None,
                                           PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                           num_warps=WARPS["fwd"], num_stages=STAGES)
-    return y, sT, states
+    return y, sT, states, linv
 
 
 @_fwd.register_fake
 def _(r, decay, k, v, a, b, s0, terms):
     B, T, H, N = r.shape
+    NT = -(-T // CHUNK)
     return (torch.empty_like(r), r.new_empty(B, H, N, N, dtype=torch.float32),
-            r.new_empty(B, H, -(-T // CHUNK), N, N, dtype=_state_dtype()))
+            r.new_empty(B, H, NT, N, N, dtype=_state_dtype()), r.new_empty(_inverse_shape(B, H, NT),
+                                                                            dtype=_inverse_dtype()))
 
 
 def forward_flops(B: int, T: int, H: int, N: int, C: int = CHUNK) -> int:
@@ -507,13 +537,14 @@ def _fwd_flops(r_shape, *args, **kwargs) -> int:
 
 
 @torch.library.custom_op("rwkv_peft::wkv7_triton_bwd", mutates_args=())
-def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, states: Tensor, dy: Tensor,
-         dsT: Optional[Tensor], terms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, states: Tensor, linv: Tensor,
+         dy: Tensor, dsT: Optional[Tensor], terms: bool
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `_fwd`'s inputs (r, decay, k, v, a, b, and the start state's [B, H, N, N] fp32) from dy and
-    dsT (None: zero)."""
+    dsT (None: zero); states and linv as `_fwd` returned them."""
     B, T, H, N = r.shape
     NT = states.shape[2]
-    A, Q = _prep(r, decay, k, v, a, b, NT, fwd=False, terms=terms)
+    A, Q = _prep(r, decay, k, v, a, b, linv, NT, fwd=False, terms=terms)
     dy = dy.contiguous()
     dstates = torch.empty_like(states, dtype=torch.float32)
     ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
@@ -529,33 +560,34 @@ def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     SA = torch.empty(B * H, NT, CHUNK, N, dtype=states.dtype, device=r.device)
     drhs = torch.empty_like(SA)
     chunks = (NT, B * H)
-    _bwd_values_kernel[chunks](r, decay, k, v, a, b, dy, states, dstates, dv, SA, drhs, T, NT, H=H, LOWP=lowp,
-                               TERMS=terms, num_warps=WARPS["values"], **_sizes(N))
+    _bwd_values_kernel[chunks](r, decay, k, v, a, b, dy, states, dstates, linv, dv, SA, drhs, T, NT, H=H,
+                               LOWP=lowp, TERMS=terms, KEEP_INV=linv.numel() > 0, num_warps=WARPS["values"],
+                               **_sizes(N))
     _bwd_factors_kernel[chunks](r, decay, k, v, a, b, dy, states, dstates, SA, drhs, dr, ddecay, dk, da, db, T, NT,
                                 H=H, N=N, C=CHUNK, LOWP=lowp, TERMS=terms, num_warps=WARPS["factors"])
     return dr, ddecay, dk, dv, da, db, ds0
 
 
 @_bwd.register_fake
-def _(r, decay, k, v, a, b, states, dy, dsT, terms):
+def _(r, decay, k, v, a, b, states, linv, dy, dsT, terms):
     B, T, H, N = r.shape
     return (*(torch.empty_like(x) for x in (r, decay, k, v, a, b)), r.new_empty(B, H, N, N, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
     r, decay, k, v, a, b, s0, terms = inputs
-    states = output[2]
-    ctx.save_for_backward(r, decay, k, v, a, b, states)
+    states, linv = output[2:]
+    ctx.save_for_backward(r, decay, k, v, a, b, states, linv)
     ctx.terms = terms
     ctx.s0_batch = None if s0 is None else s0.shape[0]
-    ctx.mark_non_differentiable(states)
+    ctx.mark_non_differentiable(states, linv)
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no [B, H, N, N] of zeros
 
 
-def _backward(ctx, dy, dsT, _):
-    r, decay, k, v, a, b, states = ctx.saved_tensors
+def _backward(ctx, dy, dsT, *_):
+    r, decay, k, v, a, b, states, linv = ctx.saved_tensors
     dy = torch.zeros_like(r) if dy is None else dy
-    *grads, ds0 = _bwd(r, decay, k, v, a, b, states, dy, dsT, ctx.terms)
+    *grads, ds0 = _bwd(r, decay, k, v, a, b, states, linv, dy, dsT, ctx.terms)
     dstate = None
     if ctx.s0_batch is not None:
         dstate = ds0 if ctx.s0_batch == r.shape[0] else ds0.sum(0, keepdim=True)
@@ -576,7 +608,7 @@ def _call(entry, terms: bool, r, decay, k, v, a, b, state, cu_seqlens) -> tuple[
 
         return _per_document(entry, cu_seqlens, state, (r, decay, k, v, a, b))
     k, v, a, b = (t.to(r.dtype) for t in (k, v, a, b))
-    y, sT, _ = _fwd(*(t.contiguous() for t in (r, decay, k, v, a, b)), state, terms)
+    y, sT, *_ = _fwd(*(t.contiguous() for t in (r, decay, k, v, a, b)), state, terms)
     return y, sT
 
 
