@@ -4,6 +4,10 @@ Spills are what to look at first: a spilled kernel moves its live values through
 
     pip install triton            # a CPU machine needs only the package: it carries ptxas
     python bench/wkv_regs.py      # the module's settings; --values-warps 4 etc. to try others
+
+Use the Triton the GPU runs (3.6.0 in bench/results): 3.9's compiler writes PTX 9.4, which the ptxas it carries for
+sm_90 (CUDA 12.8) refuses. Beside another Triton, e.g. `python -m venv /tmp/t36 && /tmp/t36/bin/pip install
+triton==3.6.0`, then `PYTHONPATH=/tmp/t36/lib/python3.11/site-packages:src python bench/wkv_regs.py`.
 """
 
 import argparse
@@ -21,7 +25,7 @@ from rwkv_peft.ops import wkv7_triton as ours
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 # The wrapper's bf16 tensors with the default bf16 products (LOW_PRECISION): inputs, outputs, kept states, scratch.
 BF16_ARGS = ("r_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "dy_ptr", "y_ptr", "states_ptr", "sa_ptr", "drhs_ptr",
-             "dr_ptr", "dk_ptr", "dv_ptr", "da_ptr", "db_ptr")
+             "linv_ptr", "dr_ptr", "dk_ptr", "dv_ptr", "da_ptr", "db_ptr")
 
 
 # With TERMS (what the model runs) the log-decay slot holds w_raw and its gradient, in the model's bf16.
@@ -67,13 +71,16 @@ def kernels(args) -> list[tuple[str, object, dict, int]]:
     N, C = 64, args.chunk
     sizes = dict(N=N, C=C, LOG_C=C.bit_length() - 1)
     return [
-        ("prep fwd", ours._prep_kernel, dict(H=32, FWD=True, LOWP=True, TERMS=args.terms, **sizes), args.prep_warps),
-        ("prep bwd", ours._prep_kernel, dict(H=32, FWD=False, LOWP=True, TERMS=args.terms, **sizes), args.prep_warps),
+        ("prep fwd", ours._prep_kernel, dict(H=32, FWD=True, LOWP=True, TERMS=args.terms, KEEP_INV=True, **sizes),
+         args.prep_warps),
+        ("prep bwd", ours._prep_kernel, dict(H=32, FWD=False, LOWP=True, TERMS=args.terms, KEEP_INV=True, **sizes),
+         args.prep_warps),
         ("walk fwd", ours._fwd_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_S0=True, PREFETCH=args.prefetch),
          ours.WARPS["fwd"]),
         ("walk bwd", ours._bwd_state_kernel, dict(H=32, N=N, C=C, BV=args.bv, HAS_DST=True,
                                                      PREFETCH=args.prefetch), ours.WARPS["state"]),
-        ("bwd values", ours._bwd_values_kernel, dict(H=32, LOWP=True, TERMS=args.terms, **sizes), args.values_warps),
+        ("bwd values", ours._bwd_values_kernel, dict(H=32, LOWP=True, TERMS=args.terms, KEEP_INV=True, **sizes),
+         args.values_warps),
         ("bwd factors", ours._bwd_factors_kernel, dict(H=32, LOWP=True, TERMS=args.terms, N=N, C=C),
          args.factors_warps),
     ]
