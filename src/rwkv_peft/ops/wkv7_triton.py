@@ -2,10 +2,11 @@
 
 Why another kernel when fla has one: at the shapes fine-tuning runs (1.5B at ctx 1024: B x H = 32 heads of one
 sequence) fla's dozen kernels per layer are latency-bound, and fla keeps ~66 MB of intermediates per layer per 1K
-tokens for its backward. These kernels keep only each chunk's start state, and the sequential walks over the
-chunks split every head's value rows over several programs (the rows of S never mix), so even one sequence
-fills more of the GPU. They launch on torch's current stream, so CUDA graphs capture them, and are torch
-operators (`_fwd`, `_bwd`), so torch.compile traces them into the caller's graph without a break.
+tokens for its backward. These kernels keep only each chunk's start state and its L^-1 (10 MiB per 1.5B layer per 1K
+tokens, in bf16), and the sequential walks over the chunks split every head's value rows over several programs (the
+rows of S never mix), so even one sequence fills more of the GPU. They launch on torch's current stream, so CUDA
+graphs capture them, and are torch operators (`_fwd`, `_bwd`), so torch.compile traces them into the caller's graph
+without a break.
 
 The math, per head and chunk of C tokens (shapes [C, N] unless noted; S is [N(value), N(key)]; the same
 function as `wkv7_chunked`, whose docstring derives it). With g = cumsum(log w) inside the chunk, g' = g - log w
