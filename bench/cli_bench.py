@@ -162,7 +162,7 @@ def main() -> None:
               "extra": args.extra,
               "act_budget": args.act_budget, "recompute_wkv": args.recompute_wkv, "inductor": args.inductor,
               "partitioner": args.partitioner,
-              "wkv_chunk": args.wkv_chunk,
+              "wkv_chunk": args.wkv_chunk, "setting": args.setting,
               "kt_s": round(statistics.median(rates), 2), "kt_s_max": round(max(rates), 2),
               "torch": torch.__version__}
     result |= {f"{k}_ms": round(statistics.median(v[args.warmup:]), 2) for k, v in host.items() if v[args.warmup:]}

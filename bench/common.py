@@ -99,11 +99,15 @@ def add_experiment_flags(ap) -> None:
                          "ban_recompute_used_far_apart=True; repeatable")
     ap.add_argument("--wkv-chunk", type=int, choices=[16, 32, 64],
                     help="fla's WKV-7 chunk size (rwkv_peft.ops.fla.WKV7_KERNEL; ours: 64)")
+    ap.add_argument("--setting", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help="a module-level setting of the package, its dotted path below rwkv_peft, e.g. "
+                         "ops.wkv7_triton.KEEP_INVERSE=False; repeatable")
 
 
 def apply_experiment_flags(args) -> str:
     """Set what the flags ask for; returns them in words for the results ("" when none is set)."""
     import ast
+    import importlib
 
     import torch._functorch.config as functorch_config
 
@@ -143,7 +147,15 @@ def apply_experiment_flags(args) -> str:
         from rwkv_peft.ops.fla import WKV7_KERNEL
 
         WKV7_KERNEL["chunk_size"] = args.wkv_chunk
+    for item in args.setting:
+        path, _, text = item.partition("=")
+        module_name, _, name = path.rpartition(".")
+        module = importlib.import_module(f"rwkv_peft.{module_name}")
+        if not hasattr(module, name):
+            raise SystemExit(f"--setting {item}: rwkv_peft.{module_name} has no {name}")
+        setattr(module, name, literal(text))
     settings = (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv),
                 ("inductor", " ".join(args.inductor)),
-                ("partitioner", " ".join(args.partitioner)), ("wkv_chunk", args.wkv_chunk))
+                ("partitioner", " ".join(args.partitioner)), ("wkv_chunk", args.wkv_chunk),
+                ("setting", " ".join(args.setting)))
     return ", ".join(f"{k}={v}" for k, v in settings if v not in (None, False, ""))
