@@ -54,11 +54,11 @@ def time_graph(fn, reps: int = 20) -> float:
 def split_k(splits: int, a: torch.Tensor, b: torch.Tensor):
     """a @ b as LoRA's folded backward runs it with `fold.SPLIT_K` = splits."""
     def run():
-        fold.SPLIT_K = splits
+        before, fold.SPLIT_K = fold.SPLIT_K, splits
         try:
             return fold._mm(a, b)
         finally:
-            fold.SPLIT_K = 1
+            fold.SPLIT_K = before
     return run
 
 
