@@ -1,6 +1,5 @@
 """The matrix products of one RWKV-7 LoRA training step at its own shapes, each timed alone: how far each runs from
-the bf16 matmul ceiling, and whether stacking the independent ones helps; LoRA backward's r-wide products with their
-long K split (adapters/fold.py SPLIT_K).
+the bf16 matmul ceiling, and whether stacking the independent ones helps.
 
 Also the LoRA-A factor folded into the base product (bench/NOTES.md, next session's list): the forward as one
 product with N = C + r, the input gradient as one with K = C + r.
@@ -24,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from common import MODELS
 
-from rwkv_peft.adapters import fold
 from rwkv_peft.model import RWKV7Config
 
 
@@ -51,17 +49,6 @@ def time_graph(fn, reps: int = 20) -> float:
     return sorted(times)[2]
 
 
-def split_k(splits: int, a: torch.Tensor, b: torch.Tensor):
-    """a @ b as LoRA's folded backward runs it with `fold.SPLIT_K` = splits."""
-    def run():
-        before, fold.SPLIT_K = fold.SPLIT_K, splits
-        try:
-            return fold._mm(a, b)
-        finally:
-            fold.SPLIT_K = before
-    return run
-
-
 def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]:
     """(name, FLOP per call, fn) for the step's products at T tokens."""
     C, Fd, V = cfg.n_embd, cfg.dim_ffn, cfg.vocab_size
@@ -75,14 +62,6 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
     wa, dyh = torch.cat((w, a)), torch.randn(T, C + rank, **bf)  # LoRA A folded into the base weight
     dy, dh = dyh[:, :C].contiguous(), dyh[:, C:].contiguous()
     mm = 2 * T * C * C
-    dyf, bf4 = torch.randn(T, Fd, **bf), torch.randn(Fd, rank, **bf)
-    # LoRA backward's r-wide products (adapters/fold.py), as cuBLAS picks them and with their long K split
-    lora_backward = [(f"{name}{f', K split in {n}' if n > 1 else ''}", flop, split_k(n, a, b_))
-                     for n in (1, 4, 8, 16)
-                     for name, flop, a, b_ in [("dh = dy B, K = C", 2 * T * C * rank, dy, b),
-                                               ("dh = dy B, K = 4C (ffn key)", 2 * T * Fd * rank, dyf, bf4),
-                                               ("dB = dy^T h, K = T", 2 * T * C * rank, dy.t(), xr),
-                                               ("dA = dh^T x, K = T", 2 * T * C * rank, xr.t(), x)]]
     return [
         ("C x C forward (r, k, v, output)", mm, lambda: F.linear(x, w)),
         ("C x C input gradient", mm, lambda: x @ w),
@@ -101,7 +80,6 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
         ("input gradient + LoRA's, two products", mm + 2 * T * C * rank, lambda: torch.addmm(dy @ w, dh, a)),
         (f"input gradient, K = C + {rank}, one product", mm + 2 * T * C * rank, lambda: dyh @ wa),
         ("head, one 256-token loss chunk", 2 * 256 * C * V, lambda: F.linear(chunk, head)),
-        *lora_backward,
     ]
 
 

@@ -18,22 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Backward's r-wide products (dh = dy B, K = out; the masters' gradients, K = tokens) with their long K split into
-# SPLIT_K batched products summed in fp32 (1: one product each, as cuBLAS picks it). Why try: they have few output
-# tiles (dh at 1.5B, ctx 1024: 8 of 128 x 64), and cuBLAS ran them at 4-8 us each against ~1-3.5 us of memory traffic
-# (bench/results/2026-12-04-h200-session23.md). Unmeasured on a GPU: off until a run says it wins.
-SPLIT_K = 1
-
-
-def _mm(a: Tensor, b: Tensor) -> Tensor:
-    """a [M, K] @ b [K, N] in a's dtype; with SPLIT_K > 1 dividing K, the sum of SPLIT_K products over slices of K
-    (one batched GEMM on views: no copies), in fp32."""
-    splits = SPLIT_K
-    if splits <= 1 or a.shape[1] % splits:
-        return a @ b
-    parts = torch.bmm(a.unflatten(1, (splits, -1)).transpose(0, 1), b.unflatten(0, (splits, -1)))
-    return parts.sum(0, dtype=torch.float32)
-
 
 class FoldedLora(torch.autograd.Function):
     """y [N, out] from x [N, in]; `wa` [out + r, in] (base rows, then A's), `b_low` [out, r] in wa's dtype; `a`,
@@ -55,11 +39,11 @@ class FoldedLora(torch.autograd.Function):
         s = ctx.scaling
         # No-ops when the base is in the compute dtype (training); an fp32 base under autocast saved a bf16 h.
         dy, h = dy.to(wa.dtype), h.to(wa.dtype)
-        dh = (_mm(dy, b_low) * s).to(wa.dtype)
+        dh = (dy @ b_low) * s
         dx = torch.cat((dy, dh), dim=-1) @ wa if ctx.needs_input_grad[0] else None
         # The masters' gradients in their dtype (fp32), from products in the layer's, as autocast gives them.
-        da = _mm(dh.t(), x).float() if ctx.needs_input_grad[3] else None
-        db = _mm(dy.t(), h).float() * s if ctx.needs_input_grad[4] else None
+        da = (dh.t() @ x).float() if ctx.needs_input_grad[3] else None
+        db = (dy.t() @ h).float() * s if ctx.needs_input_grad[4] else None
         return dx, None, None, da, db, None
 
 
