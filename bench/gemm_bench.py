@@ -1,5 +1,6 @@
 """The matrix products of one RWKV-7 LoRA training step at its own shapes, each timed alone: how far each runs from
-the bf16 matmul ceiling, and whether stacking the independent ones helps.
+the bf16 matmul ceiling, and whether stacking the independent ones helps (RWKV-7's r, k, v folded LoRA layers as one
+stack: adapters/fold.py FoldedLoraStack).
 
 Also the LoRA-A factor folded into the base product (bench/NOTES.md, next session's list): the forward as one
 product with N = C + r, the input gradient as one with K = C + r.
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from common import MODELS
 
+from rwkv_peft.adapters import fold
 from rwkv_peft.model import RWKV7Config
 
 
@@ -62,6 +64,15 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
     wa, dyh = torch.cat((w, a)), torch.randn(T, C + rank, **bf)  # LoRA A folded into the base weight
     dy, dh = dyh[:, :C].contiguous(), dyh[:, C:].contiguous()
     mm = 2 * T * C * C
+    # r, k, v's folded LoRA layers forward and backward (fold.py), as three layers and as one stack.
+    wa3, bl3 = torch.randn(3, C + rank, C, **bf), torch.randn(3, C, rank, **bf)
+    xs, dys = torch.randn(3, T, C, **bf, requires_grad=True), torch.randn(3, T, C, **bf)
+    masters = [torch.randn(shape, device="cuda", requires_grad=True) for _ in range(3)
+               for shape in ((rank, C), (C, rank))]
+    one = lambda i: fold.FoldedLora.apply(xs[i], wa3[i], bl3[i], *masters[2 * i:2 * i + 2], 2.0)  # noqa: E731
+    three = lambda: torch.autograd.backward([one(i) for i in range(3)], list(dys))  # noqa: E731
+    stack = lambda: fold.FoldedLoraStack.apply(xs, wa3, bl3, 2.0, *masters).backward(dys)  # noqa: E731
+    folded_flop = 3 * (4 * T * C * (C + rank) + 8 * T * C * rank)
     return [
         ("C x C forward (r, k, v, output)", mm, lambda: F.linear(x, w)),
         ("C x C input gradient", mm, lambda: x @ w),
@@ -80,6 +91,8 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
         ("input gradient + LoRA's, two products", mm + 2 * T * C * rank, lambda: torch.addmm(dy @ w, dh, a)),
         (f"input gradient, K = C + {rank}, one product", mm + 2 * T * C * rank, lambda: dyh @ wa),
         ("head, one 256-token loss chunk", 2 * 256 * C * V, lambda: F.linear(chunk, head)),
+        ("r, k, v folded LoRA forward + backward, three layers", folded_flop, three),
+        ("r, k, v folded LoRA forward + backward, one stack", folded_flop, stack),
     ]
 
 

@@ -70,6 +70,14 @@ def test_folding_changes_nothing_saved():
         assert torch.equal(folded.state_dict()[name], tensor), name
     layer = folded.blocks[0].att.key
     assert layer.weight.data_ptr() == layer.folded.data_ptr()  # the base is not stored twice
+    # RWKV-7's receptance, key and value run as one stack (the equality test above covers its math): views of
+    # their own buffers, not copies.
+    att = folded.blocks[0].att
+    stack = att.receptance.stack_folded
+    assert stack.shape == (3, *att.key.folded.shape)
+    assert [t.data_ptr() for t in stack] == [m.folded.data_ptr() for m in (att.receptance, att.key, att.value)]
+    assert [t.data_ptr() for t in att.receptance.stack_b_low] == [m.lora_B_low.data_ptr()
+                                                                  for m in (att.receptance, att.key, att.value)]
     assert torch.equal(layer.merged_weight(), model.blocks[0].att.key.merged_weight())
 
 

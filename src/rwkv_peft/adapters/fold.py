@@ -8,11 +8,17 @@ autocast). What it saves is two skinny r-wide products per layer and step: x A^T
 + r) and dh A joins the input gradient's (K = out + r). On an H100 at 1024 tokens and 2048 x 2048, r 64: forward
 19.4 -> 14.8 us, input gradient 20.8 -> 14.1 us (bench/gemm_bench.py, session 8).
 
+Layers of one shape that the model runs at one point on same-shaped inputs (RWKV-7's receptance, key and value:
+the model's `STACKED_LINEARS`) can run as one batched product each way instead of three (`FoldedLoraStack`):
+their buffers lie side by side, so the stack is a view.
+
 Storage: the base weight lives in the first `out` rows of a [out + r, in] buffer (`weight` becomes a view of them,
 so the base costs no extra memory), A's rows after them and a copy of B beside, both in the base's dtype. The fp32
 masters stay the trainable parameters; a hook at the start of every pass of the model (`model.pass_hooks`) copies
 them into the low-precision rows, so whatever changed them (the optimizer, a resume) is seen by the next pass.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +53,36 @@ class FoldedLora(torch.autograd.Function):
         return dx, None, None, da, db, None
 
 
+class FoldedLoraStack(torch.autograd.Function):
+    """`FoldedLora` for G layers of one shape at once, every product batched over the layers: y [G, N, out] from
+    x [G, N, in]; `wa` [G, out + r, in] and `b_low` [G, out, r] the layers' buffers side by side; `masters` the
+    layers' fp32 (A, B) pairs in order, there only to receive their gradients."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, wa: Tensor, b_low: Tensor, scaling: float, *masters: Tensor) -> Tensor:
+        out = b_low.shape[1]
+        both = torch.bmm(x, wa.transpose(1, 2))
+        h = both[..., out:].contiguous()
+        ctx.save_for_backward(x, h, wa, b_low)
+        ctx.scaling = scaling
+        return both[..., :out] + torch.bmm(h, b_low.transpose(1, 2)) * scaling
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, h, wa, b_low = ctx.saved_tensors
+        s = ctx.scaling
+        dy, h = dy.to(wa.dtype), h.to(wa.dtype)
+        dh = (torch.bmm(dy, b_low) * s).to(wa.dtype)
+        dx = torch.bmm(torch.cat((dy, dh), dim=-1), wa) if ctx.needs_input_grad[0] else None
+        wants = ctx.needs_input_grad[4:]
+        da = torch.bmm(dh.transpose(1, 2), x).float() if any(wants[0::2]) else None
+        db = torch.bmm(dy.transpose(1, 2), h).float() * s if any(wants[1::2]) else None
+        grads = []
+        for i in range(wa.shape[0]):
+            grads += [da[i] if wants[2 * i] else None, db[i] if wants[2 * i + 1] else None]
+        return dx, None, None, None, *grads
+
+
 def folded_forward(layer: nn.Module, x: Tensor) -> Tensor:
     """x [..., in] -> [..., out] through a folded LoRA layer (`fold` below)."""
     x2 = x.reshape(-1, layer.in_features).to(layer.folded.dtype)
@@ -54,30 +90,53 @@ def folded_forward(layer: nn.Module, x: Tensor) -> Tensor:
     return y.reshape(*x.shape[:-1], layer.out_features)
 
 
-def fold(layers: list[nn.Module]) -> None:
+def stacked_forward(layers: tuple[nn.Module, ...], x: Tensor) -> Tensor:
+    """x [G, ..., in] -> [G, ..., out]: the i-th slice through layers[i], for G folded layers that `fold` laid side
+    by side (the first holds the stack's views)."""
+    first = layers[0]
+    x2 = x.reshape(len(layers), -1, first.in_features).to(first.stack_folded.dtype)
+    masters = [t for m in layers for t in (m.lora_A, m.lora_B)]
+    y = FoldedLoraStack.apply(x2, first.stack_folded, first.stack_b_low, first.config.scaling, *masters)
+    return y.reshape(*x.shape[:-1], first.out_features)
+
+
+def fold(layers: list[nn.Module], stacks: list[list[nn.Module]] = ()) -> None:
     """Move each layer's base weight into the first rows of its folded buffer (LoraLinears without dropout, plain
     weights on one device and in one dtype). Call after the model reached its device: `.to()` would copy the
-    weights away from the buffers.
+    weights away from the buffers. `stacks`: groups of these layers with one shape and one scaling, to be laid
+    side by side; each group's first layer gets the views `stack_folded` [G, out + r, in] and `stack_b_low`
+    [G, out, r] that `stacked_forward` runs on.
 
     All buffers are views of one allocation: as separate ones, each rounded up by the caching allocator, they
     took +0.35 GiB at 1.5B on an H100.
     """
     if not layers:
         return
+    stacked = [m for group in stacks for m in group]
+    layers = stacked + [m for m in layers if m not in set(stacked)]  # each stack's layers one after another
     w0 = layers[0].weight
-    sizes = [(m.out_features + m.lora_A.shape[0]) * m.in_features for m in layers]
-    arena = torch.empty(sum(sizes) + sum(m.lora_B.numel() for m in layers), dtype=w0.dtype, device=w0.device)
+    shapes = {m: (m.out_features + m.lora_A.shape[0], m.in_features) for m in layers}
+    sizes = {m: math.prod(shapes[m]) for m in layers}
+    arena = torch.empty(sum(sizes[m] + m.lora_B.numel() for m in layers), dtype=w0.dtype, device=w0.device)
+    starts = {}  # layer -> where its folded buffer and its b_low begin in the arena
     offset = 0
-    for m, size in zip(layers, sizes):
-        folded = arena[offset:offset + size].view(m.out_features + m.lora_A.shape[0], m.in_features)
-        offset += size
+    for m in layers:
+        starts[m] = [offset]
+        folded = arena[offset:offset + sizes[m]].view(shapes[m])
+        offset += sizes[m]
         folded[:m.out_features].copy_(m.weight.detach())
         m.register_buffer("folded", folded, persistent=False)
         m.weight.data = folded[:m.out_features]
     for m in layers:
-        b_low = arena[offset:offset + m.lora_B.numel()].view_as(m.lora_B)
+        starts[m].append(offset)
+        m.register_buffer("lora_B_low", arena[offset:offset + m.lora_B.numel()].view_as(m.lora_B), persistent=False)
         offset += m.lora_B.numel()
-        m.register_buffer("lora_B_low", b_low, persistent=False)
+    for group in stacks:
+        first, n = group[0], len(group)
+        a, b = starts[first]
+        first.register_buffer("stack_folded", arena[a:a + n * sizes[first]].view(n, *shapes[first]), persistent=False)
+        first.register_buffer("stack_b_low", arena[b:b + n * first.lora_B.numel()].view(n, *first.lora_B.shape),
+                              persistent=False)
     refresh(layers)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from .base import AdapterLinear
-from .fold import folded_forward
+from .fold import folded_forward, stacked_forward
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class LoraLinear(AdapterLinear):
         self.lora_A, self.lora_B = self.new_tensor("lora_A", r), self.new_tensor("lora_B", r)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.register_buffer("folded", None, persistent=False)  # fold.py: [out + r, in], base rows then A's
+        self.register_buffer("stack_folded", None, persistent=False)  # fold.py: this layer's stack, if it heads one
         if not config.pissa:
             if init is not None:
                 raise ValueError("initial factors are for PiSSA only")
@@ -134,6 +135,11 @@ class LoraLinear(AdapterLinear):
         h = x if torch.is_autocast_enabled(x.device.type) else x.to(self.lora_A.dtype)
         h = self.dropout(h)
         return (y + F.linear(F.linear(h, self.lora_A), self.lora_B) * self.config.scaling).to(y.dtype)
+
+    def forward_stacked(self, layers: tuple[nn.Module, ...], x: Tensor) -> Tensor:
+        """x [G, ..., in] -> [G, ..., out], slice i through layers[i]: one batched product for the stack this layer
+        heads (`stack_folded` set by fold.py; layers[0] is this layer)."""
+        return stacked_forward(layers, x)
 
     @staticmethod
     def merge_weight(weight: Tensor, tensors: dict[str, Tensor], config: LoraConfig) -> Tensor:

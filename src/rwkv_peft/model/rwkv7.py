@@ -65,6 +65,11 @@ def _param(*shape: int) -> nn.Parameter:
 class TimeMix(nn.Module):
     """RWKV-7 attention replacement: token shift, low-rank gates, WKV-7, GroupNorm, bonus, gated output."""
 
+    # Linears of one shape run at one point on same-shaped inputs (their token-shift mixes): an adapter that lays
+    # them side by side (adapters/fold.py) runs them as one batched product through the first one's
+    # `forward_stacked`, which it signals by giving the first a `stack_folded` tensor.
+    STACKED_LINEARS = ("receptance", "key", "value")
+
     def __init__(self, cfg: RWKV7Config):
         super().__init__()
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
@@ -122,9 +127,13 @@ class TimeMix(nn.Module):
         # trained fp32 master copy (train_parts time): `c` casts it; autograd carries the gradient back in fp32.
         c = lambda p: p.to(x.dtype)  # noqa: E731
         d = token_shift(x, shift, cu_seqlens) - x
-        xr, xk, xv = (x + d * c(m) for m in (self.x_r, self.x_k, self.x_v))
-
-        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        if getattr(self.receptance, "stack_folded", None) is not None:
+            mixes = torch.stack((self.x_r, self.x_k, self.x_v))  # [3, 1, 1, C]
+            layers = (self.receptance, self.key, self.value)
+            r, k, v = self.receptance.forward_stacked(layers, x + d * c(mixes)).unbind(0)
+        else:
+            xr, xk, xv = (x + d * c(m) for m in (self.x_r, self.x_k, self.x_v))
+            r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         hw, ha, hv, hg = self.lowrank_hidden(x, d, value_residual=v_first is not None)
         w_raw = self.w0 + torch.tanh(hw) @ self.w2   # the log decay is -e^{-1/2} sigmoid(w_raw): in wkv7_terms
         # Layer 0 is told apart by having no v_first yet, not by its index: a compiled block then serves every
