@@ -154,6 +154,12 @@ def apply_experiment_flags(args) -> str:
         if not hasattr(module, name):
             raise SystemExit(f"--setting {item}: rwkv_peft.{module_name} has no {name}")
         setattr(module, name, literal(text))
+    if args.setting:
+        # A setting can change what a custom operator returns (KEEP_INVERSE: L^-1's shape) without changing the
+        # block's graph code, which is all Inductor's on-disk graph cache keys on: a graph compiled under the
+        # default would be loaded back and fail (H200, session 24: "dimensionality of sizes (1) must match
+        # dimensionality of strides (4)").
+        compiled.INDUCTOR_OPTIONS["fx_graph_cache"] = False
     settings = (("act_budget", args.act_budget), ("recompute_wkv", args.recompute_wkv),
                 ("inductor", " ".join(args.inductor)),
                 ("partitioner", " ".join(args.partitioner)), ("wkv_chunk", args.wkv_chunk),
