@@ -38,8 +38,8 @@ TARGETS = ["att.receptance", "att.key", "att.value", "att.output", "ffn.key", "f
 
 def adapted_block(model: str, method: str) -> Block:
     """Block 1 of an RWKV-7 of `model`'s shape on the meta device, bf16, frozen but for the adapter (fp32) and the
-    LayerNorms (`--train_parts ln`); LoRA folded as on a GPU (adapters/fold.py). "state": all frozen (the trained
-    initial state comes in as an input, as the model passes it)."""
+    LayerNorms (`--train_parts ln`); LoRA folded and r, k, v stacked as on a GPU (adapters/fold.py). "state": all
+    frozen (the trained initial state comes in as an input, as the model passes it)."""
     n_layer, n_embd = MODELS[model]
     with torch.device("meta"):
         block = Block(RWKV7Config(n_layer=n_layer, n_embd=n_embd), 1).to(torch.bfloat16).requires_grad_(False)
@@ -56,7 +56,7 @@ def adapted_block(model: str, method: str) -> Block:
             block.get_parameter(name).requires_grad_(True)
         inject(block, TARGETS, make)  # the adapter's tensors: fp32 beside a bf16 base, trainable
         if method == "lora":
-            fold.fold(layers)
+            fold.fold(layers, fold.stack_groups(block, layers))
     return block
 
 

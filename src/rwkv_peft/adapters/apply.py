@@ -68,7 +68,7 @@ def fold_lora(model: nn.Module) -> int:
               and "base_forward" not in vars(m) and m.weight.is_floating_point()]
     for place in {(m.weight.device, m.weight.dtype): None for m in layers}:
         here = [m for m in layers if (m.weight.device, m.weight.dtype) == place]
-        fold.fold(here, _stacks(model, here))
+        fold.fold(here, fold.stack_groups(model, here))
     if any(m.weight.is_cuda for m in layers):
         # The replaced weights' memory goes back to the driver: left in the caching allocator, it fragments
         # (1.5B LoRA ctx 1024 on an H100: +1.5 GiB of reserved memory, the process peak 9.6 -> 11.1 GiB).
@@ -78,20 +78,6 @@ def fold_lora(model: nn.Module) -> int:
         model.pass_hooks.append(lambda: fold.refresh(folded))
     folded += layers
     return len(layers)
-
-
-def _stacks(model: nn.Module, layers: list[LoraLinear]) -> list[list[LoraLinear]]:
-    """The groups among `layers` that the model runs as one stack (a module's `STACKED_LINEARS`, see
-    model/rwkv7.py) and that can be one: one shape, one rank, one scaling."""
-    members = set(layers)
-    stacks = []
-    for module in model.modules():
-        group = [getattr(module, name) for name in getattr(module, "STACKED_LINEARS", ())]
-        kinds = {(m.out_features, m.in_features, m.lora_A.shape[0], m.config.scaling) for m in group
-                 if m in members}
-        if group and all(m in members for m in group) and len(kinds) == 1:
-            stacks.append(group)
-    return stacks
 
 
 def mount_adapter(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[str, Tensor], base_name: str, *,

@@ -140,6 +140,20 @@ def fold(layers: list[nn.Module], stacks: list[list[nn.Module]] = ()) -> None:
     refresh(layers)
 
 
+def stack_groups(model: nn.Module, layers: list[nn.Module]) -> list[list[nn.Module]]:
+    """The groups among `layers` that the model runs as one stack (a module's `STACKED_LINEARS`, see
+    model/rwkv7.py) and that can be one: one shape, one rank, one scaling."""
+    members = set(layers)
+    stacks = []
+    for module in model.modules():
+        group = [getattr(module, name) for name in getattr(module, "STACKED_LINEARS", ())]
+        kinds = {(m.out_features, m.in_features, m.lora_A.shape[0], m.config.scaling) for m in group
+                 if m in members}
+        if group and all(m in members for m in group) and len(kinds) == 1:
+            stacks.append(group)
+    return stacks
+
+
 @torch.no_grad()
 def refresh(layers: list[nn.Module]) -> None:
     """Copy the fp32 masters A and B into the folded layers' low-precision rows (one foreach copy)."""
