@@ -72,7 +72,7 @@ class FoldedLoraStack(torch.autograd.Function):
         x, h, wa, b_low = ctx.saved_tensors
         s = ctx.scaling
         dy, h = dy.to(wa.dtype), h.to(wa.dtype)
-        dh = (torch.bmm(dy, b_low) * s).to(wa.dtype)
+        dh = torch.bmm(dy, b_low) * s
         dx = torch.bmm(torch.cat((dy, dh), dim=-1), wa) if ctx.needs_input_grad[0] else None
         wants = ctx.needs_input_grad[4:]
         da = torch.bmm(dh.transpose(1, 2), x).float() if any(wants[0::2]) else None
@@ -113,7 +113,8 @@ def fold(layers: list[nn.Module], stacks: list[list[nn.Module]] = ()) -> None:
     if not layers:
         return
     stacked = [m for group in stacks for m in group]
-    layers = stacked + [m for m in layers if m not in set(stacked)]  # each stack's layers one after another
+    rest = set(layers) - set(stacked)
+    layers = stacked + [m for m in layers if m in rest]  # each stack's layers one after another
     w0 = layers[0].weight
     shapes = {m: (m.out_features + m.lora_A.shape[0], m.in_features) for m in layers}
     sizes = {m: math.prod(shapes[m]) for m in layers}
