@@ -73,6 +73,10 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
     three = lambda: torch.autograd.backward([one(i) for i in range(3)], list(dys))  # noqa: E731
     stack = lambda: fold.FoldedLoraStack.apply(xs, wa3, bl3, 2.0, *masters).backward(dys)  # noqa: E731
     folded_flop = 3 * (4 * T * C * (C + rank) + 8 * T * C * rank)
+    # The folded ffn key's input gradient (out 4C): [dy, dh] concatenated (a [T, 4C + r] copy) into one product with
+    # K = 4C + r, as fold.py runs it, against dy W + dh A (no copy; an r-deep product adding into the [T, C] result).
+    wak, dyk, dhk = torch.randn(Fd + rank, C, **bf), torch.randn(T, Fd, **bf), torch.randn(T, rank, **bf)
+    key_flop = 2 * T * (Fd + rank) * C
     return [
         ("C x C forward (r, k, v, output)", mm, lambda: F.linear(x, w)),
         ("C x C input gradient", mm, lambda: x @ w),
@@ -93,6 +97,9 @@ def rows(T: int, cfg: RWKV7Config, rank: int) -> list[tuple[str, float, object]]
         ("head, one 256-token loss chunk", 2 * 256 * C * V, lambda: F.linear(chunk, head)),
         ("r, k, v folded LoRA forward + backward, three layers", folded_flop, three),
         ("r, k, v folded LoRA forward + backward, one stack", folded_flop, stack),
+        ("ffn key input gradient, [dy, dh] concatenated, K = 4C + r", key_flop,
+         lambda: torch.cat((dyk, dhk), -1) @ wak),
+        ("ffn key input gradient, dy W + dh A (addmm)", key_flop, lambda: torch.addmm(dyk @ wak[:Fd], dhk, wak[Fd:])),
     ]
 
 
