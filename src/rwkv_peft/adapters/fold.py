@@ -119,22 +119,19 @@ def fold(layers: list[nn.Module], stacks: list[list[nn.Module]] = ()) -> None:
     shapes = {m: (m.out_features + m.lora_A.shape[0], m.in_features) for m in layers}
     sizes = {m: math.prod(shapes[m]) for m in layers}
     arena = torch.empty(sum(sizes[m] + m.lora_B.numel() for m in layers), dtype=w0.dtype, device=w0.device)
-    starts = {}  # layer -> where its folded buffer and its b_low begin in the arena
     offset = 0
     for m in layers:
-        starts[m] = [offset]
         folded = arena[offset:offset + sizes[m]].view(shapes[m])
         offset += sizes[m]
         folded[:m.out_features].copy_(m.weight.detach())
         m.register_buffer("folded", folded, persistent=False)
         m.weight.data = folded[:m.out_features]
     for m in layers:
-        starts[m].append(offset)
         m.register_buffer("lora_B_low", arena[offset:offset + m.lora_B.numel()].view_as(m.lora_B), persistent=False)
         offset += m.lora_B.numel()
     for group in stacks:
         first, n = group[0], len(group)
-        a, b = starts[first]
+        a, b = first.folded.storage_offset(), first.lora_B_low.storage_offset()  # where they begin in the arena
         first.register_buffer("stack_folded", arena[a:a + n * sizes[first]].view(n, *shapes[first]), persistent=False)
         first.register_buffer("stack_b_low", arena[b:b + n * first.lora_B.numel()].view(n, *first.lora_B.shape),
                               persistent=False)
