@@ -64,3 +64,28 @@ def test_process_count_must_match_the_launcher():
     with pytest.raises(UserError, match="the launcher started 4"):
         resolve_device("cpu", 2, 1, DistInfo(rank=1, world_size=4, local_rank=1))
     assert resolve_device("cpu", 1, 1, DistInfo(rank=1, world_size=4, local_rank=1)).type == "cpu"
+
+
+def test_a_workers_error_is_printed_once(base, tmp_path):
+    """Every worker reads the same bad data and stops; the user sees the message once, without the launcher's logs."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text":\n')
+    args = train_args(base, str(bad), tmp_path / "out", "--data_type", "jsonl", "--devices", "2")
+    run = subprocess.run([sys.executable, "-m", "rwkv_peft", *map(str, args)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "line 2: malformed JSON" in lines[0] and "(rank" not in lines[0], run.stderr
+
+
+def test_differing_worker_errors_name_their_ranks(tmp_path, capsys):
+    from rwkv_peft.train.launch import print_worker_errors
+
+    for rank, message in enumerate(["disk full", "bad data", "disk full"]):
+        (tmp_path / f"rank-{rank}.txt").write_text(message)
+    print_worker_errors(tmp_path)
+    assert capsys.readouterr().err.splitlines() == ["rwkv-peft train: error (ranks 0, 2): disk full",
+                                                    "rwkv-peft train: error (rank 1): bad data"]

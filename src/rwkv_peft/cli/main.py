@@ -34,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except UserError as e:
-        # One write: the workers of a distributed run share the terminal, and usually all hit the same error.
-        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
-        where = f" (rank {rank})" if rank != "0" else ""
-        sys.stderr.write(f"rwkv-peft {args.command}: error{where}: {e}\n")
+        from ..train.launch import report_worker_error
+
+        if not report_worker_error(str(e)):  # a worker of `train --devices N`: its launcher prints it once
+            rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+            where = f" (rank {rank})" if rank != "0" else ""
+            sys.stderr.write(f"rwkv-peft {args.command}: error{where}: {e}\n")
         return 2
     except KeyboardInterrupt:
         print(f"rwkv-peft {args.command}: interrupted", file=sys.stderr)
