@@ -21,6 +21,7 @@ bitsandbytes is imported only when a scheme is used, so the rest of rwkv-peft ru
 """
 
 import importlib
+import logging
 from types import ModuleType
 
 import torch
@@ -47,11 +48,18 @@ def canonical_scheme(scheme: str) -> str:
 
 def bnb_functional() -> ModuleType:
     """`bitsandbytes.functional`, imported on first use; UserError naming the extra when it is missing."""
+    # Its CPU backend tries to fetch an optional kernel from the Hugging Face hub at import and logs a warning when
+    # it cannot (offline, or the repository not trusted); nothing here uses that kernel, so the warning is noise.
+    cpu_ops_log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = cpu_ops_log.level
+    cpu_ops_log.setLevel(logging.ERROR)
     try:
         return importlib.import_module("bitsandbytes.functional")
     except ImportError as e:
         raise UserError(f"--quant needs bitsandbytes>=0.50 ({e}): install it with {INSTALL_HINT}, or use --quant none "
                         "(an unquantized base; for merge, the original weights)") from None
+    finally:
+        cpu_ops_log.setLevel(level)
 
 
 def quantize(weight: Tensor, scheme: str) -> tuple[Tensor, Tensor, Tensor]:
