@@ -64,7 +64,8 @@ def check_against(cfg: Config, source: str, **given: int) -> None:
         actual = getattr(cfg, name)
         if value and value != actual:
             raise UserError(f"--{name} {value} disagrees with {source}, which has {name}={actual}; "
-                            f"drop the flag (sizes are read from the checkpoint) or pick the right file")
+                            "drop that setting, flag or recipe line (sizes are read from the checkpoint), or pick the "
+                            "right file")
 
 
 def validate_state_dict(sd: dict[str, Tensor], source: str = "checkpoint") -> Config:
