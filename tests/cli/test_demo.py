@@ -4,7 +4,7 @@ import json
 
 from rwkv_peft.model.load import load_base
 
-from ..train.helpers import run_cli
+from ..train.helpers import records, run_cli
 
 
 def test_demo_runs_end_to_end(tmp_path):
@@ -20,3 +20,13 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (out / path).exists(), path
     assert load_base(out / "merged.pth").config.vocab_size == 65536
     assert "[demo] done in" in run.out and str(out / "merged.pth") in run.out and "rwkv-peft generate" in run.out
+
+
+def test_demo_runs_again_into_the_same_folder(tmp_path):
+    """A second demo replaces the first one's training runs (its own stage folders) instead of refusing them."""
+    out = tmp_path / "demo"
+    for _ in range(2):
+        run = run_cli("demo", "--out", out, "--steps", "2")
+        assert run.rc == 0, run.err
+    assert [r["step"] for r in records(out / "2-lora")] == [1, 2]
+    assert (out / "2-lora" / "train_log.txt").read_text().count("=== NEW RUN") == 1

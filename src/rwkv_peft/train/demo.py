@@ -11,10 +11,12 @@
 It runs on one CPU thread by default: a model this small gains little from intra-op threads, and on a shared or
 busy machine threads that wait for each other make every step several times slower.
 
-Every file lands under `out_dir`; the function prints what it does and returns the paths and losses.
+Every file lands under `out_dir` (a second demo there replaces the first one's files); the function prints what it
+does and returns the paths and losses.
 """
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from .config import build_config
 from .eval import evaluate_file
 from .loop import train
 from .metrics import METRICS, PLOT, read_metrics
+from .proj_dir import previous_outputs
 
 DEMO_CONFIG = RWKV7Config(n_layer=2, n_embd=128, vocab_size=65536)
 PROMPTS = ("What is 3 plus 4?", "What is the opposite of hot?", "What color is grass?")
@@ -54,6 +57,10 @@ def sample_data() -> Path:
 def _stage(flags: dict, proj_dir: Path) -> tuple[Path, tuple[float, float]]:
     """Train one stage; returns its adapter file and the mean loss of its first and of its last steps (a tenth
     of the run, at most 10: single batches differ too much in difficulty to compare one with another)."""
+    # The stage folder is the demo's own: a previous demo's run there is replaced, so the demo can run again
+    # (the trainer refuses to start a new run over an old one).
+    if previous_outputs(proj_dir):
+        shutil.rmtree(proj_dir)
     train(build_config(flags | {"proj_dir": str(proj_dir)}))
     losses = [r["loss"] for r in read_metrics(proj_dir / METRICS)]
     n = max(1, min(10, len(losses) // 10))

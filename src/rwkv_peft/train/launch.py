@@ -23,8 +23,10 @@ from pathlib import Path
 
 from .. import adapters
 from ..errors import UserError
+from .checkpoint import find_checkpoint
 from .config import TrainConfig
 from .dist import check_gpu_count, under_launcher
+from .proj_dir import check_proj_dir
 from .wrap import check_supported, resolve_strategy
 
 # Where a worker started by `launch` leaves its user error for the launcher (a folder; unset elsewhere).
@@ -39,6 +41,7 @@ def needs_launch(cfg: TrainConfig) -> bool:
 def preflight(cfg: TrainConfig) -> None:
     """The errors every worker would hit, raised once here before any worker starts."""
     r = cfg.run
+    check_proj_dir(r.proj_dir, find_checkpoint(r.resume, r.proj_dir))
     if r.num_nodes > 1:
         raise UserError(f"--num_nodes {r.num_nodes}: start the workers on every machine with torchrun, e.g. "
                         f"`torchrun --nnodes {r.num_nodes} --nproc_per_node {r.devices} --node_rank K "

@@ -25,6 +25,7 @@ Several ranks (torchrun, `--devices N`): each reads its own share of every globa
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,10 @@ from .dist import init_distributed, resolve_device, shutdown_distributed
 from .eval import evaluate, sample
 from .graph import GraphedStep, GraphedUpdate
 from .infctx import infctx_backward
-from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves
+from .metrics import METRICS, PLOT, TRAIN_LOG, RunLogger, plot_curves, read_metrics
 from .oom import out_of_memory
 from .optim import apply_schedule
+from .proj_dir import check_proj_dir
 from .rng import rng_state, set_rng_state
 from .session import Session, build_session
 from .stop import StopRequest
@@ -100,11 +102,14 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        folder = find_checkpoint(cfg.run.resume, cfg.run.proj_dir)
+        check_proj_dir(cfg.run.proj_dir, folder)
         self.dist = init_distributed(cfg.run.accelerator)
+        # Every rank has looked at proj_dir before rank 0 may write there, so all of them saw the same folder.
+        self.dist.barrier()
         self.device = resolve_device(cfg.run.accelerator, cfg.run.devices, cfg.run.num_nodes, self.dist)
         self.seed = cfg.run.random_seed if cfg.run.random_seed >= 0 else random.SystemRandom().randrange(2**31)
         torch.manual_seed(self.seed)
-        folder = find_checkpoint(cfg.run.resume, cfg.run.proj_dir)
         self.resume: ResumePoint | None = read_checkpoint_folder(folder) if folder else None
         self.s: Session = build_session(cfg, self.device, self.dist, self.seed, self.resume)
         s = self.s
@@ -125,8 +130,11 @@ class Trainer:
         self.stats_host = torch.zeros(2, 3, pin_memory=self.device.type == "cuda")
         if self.resume is not None:
             self._restore(self.resume)
-        self.log = RunLogger(s.proj_dir, self.dist.is_main, cfg.log.progress, cfg.log.log_every, self.step,
-                             s.end_step, cfg.log.wandb, cfg.log.tensorboard)
+        # A checkpoint at (or past) this run's last step leaves nothing to do: fit() says so, and the logger stays
+        # disabled so that no file of the finished run is touched.
+        self.complete = self.resume is not None and self.step >= s.end_step
+        self.log = RunLogger(s.proj_dir, self.dist.is_main and not self.complete, cfg.log.progress,
+                             cfg.log.log_every, self.step, s.end_step, cfg.log.wandb, cfg.log.tensorboard)
 
     def _restore(self, point: ResumePoint) -> None:
         s, m = self.s, point.manifest  # the trained tensors were loaded by build_session
@@ -147,6 +155,8 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self) -> RunSummary:
         s, cfg = self.s, self.cfg
+        if self.complete:
+            return self._already_complete()
         self.log.start(s.describe(self.step, self.resume.path if self.resume else None),
                        cfg.to_dict() | {"resolved": s.resolved})
         batches = iter(s.loader)
@@ -441,6 +451,21 @@ class Trainer:
                         f"{self.s.resolved['method']}")
         except ImportError:
             self.log.echo("no loss_curve.png: matplotlib is not installed (pip install matplotlib)", log=True)
+
+    def _already_complete(self) -> RunSummary:
+        """The summary of a resumed run that had already done every step, after one line saying so."""
+        s, point = self.s, self.resume
+        run_dir = point.path.parent
+        final = run_dir / f"rwkv-{max(0, self.step - 1) // s.steps_per_epoch}.pth"
+        outputs = final if final.exists() else point.path
+        end = f"of {s.end_step}" if self.step == s.end_step else f"this run ends at step {s.end_step}"
+        if self.dist.is_main:
+            print(f"{run_dir}: the run is already complete at step {self.step} ({end}); its final weights are "
+                  f"{outputs}. Nothing was trained or written; raise --epoch_count or --max_steps to train further",
+                  file=sys.stderr, flush=True)
+        done = read_metrics(run_dir / METRICS) if (run_dir / METRICS).is_file() else []
+        loss = done[-1]["loss"] if done else math.nan
+        return RunSummary(self.step, self.tokens, self.elapsed, loss, 0.0, [str(outputs)], self.last_val)
 
     def _finish(self) -> RunSummary:
         s = self.s
