@@ -94,7 +94,7 @@ def test_rwkv_peft_operator_names_run(base, data, tmp_path):
     run = run_cli(*train_args(base, data, tmp_path, "--op", "cuda", "--max_steps", "1"))
     assert run.rc == 0, run.err
     for flag in (["--wandb", "my-project"], ["--tensorboard"]):
-        run = run_cli(*train_args(base, data, tmp_path, *flag, "--max_steps", "1"))
+        run = run_cli(*train_args(base, data, tmp_path / flag[0][2:], *flag, "--max_steps", "1"))
         assert run.rc == 2 and "pip install 'rwkv-peft[log]'" in run.err, run.err
 
 
