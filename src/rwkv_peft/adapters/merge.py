@@ -38,7 +38,8 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
           state: str | os.PathLike | None = None, method: str | None = None, lora_alpha: float | None = None,
           pissa_init: str | os.PathLike | None = None, quant: str | None = None, dtype: torch.dtype | None = None,
           device: str = "cpu", check_fingerprint: bool = True) -> dict:
-    """Write base + adapter (+ state) to `output`; return a summary {output, method, layers, parts, state, quant}
+    """Write base + adapter (+ state) to `output`; return a summary {output, method, adapted_linears (how many
+    linear modules got a delta), parts (train_parts tensors replaced), state, quant}
     (plus `note` when `quant` overrides what the adapter was trained with).
 
     adapter: our `rwkv-N.pth` (its adapter_config.json gives method, rank, alpha, quant) or a RWKV-PEFT file
@@ -55,7 +56,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
     base_only, base_state = split_state(base_sd)
     cfg = validate_state_dict(base_only, str(base))
     out = {k: v if dtype is None else v.to(dtype) for k, v in base_sd.items()}
-    summary = {"output": str(output), "method": "state", "layers": 0, "parts": 0, "state": False}
+    summary = {"output": str(output), "method": "state", "adapted_linears": 0, "parts": 0, "state": False}
     states = {}
     a = None
     if adapter is not None:
@@ -88,7 +89,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
         for key, value in a.parts.items():
             out[key] = value.to(dtype or base_sd[key].dtype)
         states = a.state
-        summary.update(method=a.spec.method, layers=len(a.layers), parts=len(a.parts))
+        summary.update(method=a.spec.method, adapted_linears=len(a.layers), parts=len(a.parts))
     if state is not None:
         if states:
             raise UserError(f"{adapter} already carries a tuned state; do not also pass --state_checkpoint")

@@ -122,6 +122,16 @@ def _spec_from_keys(detected: str | None, layers, state, source: str, method: st
     return AdapterSpec(layer=layer_config(detected, _rank(detected, layers, source), lora_alpha), state=bool(state))
 
 
+def _check_holds_adapter(layers, state, parts, source: str) -> None:
+    """A file without a config must hold adapter or state tensors: base tensors alone (train_parts) are only
+    recognised with our config, else a whole model given by mistake would merge as a copy of itself."""
+    if layers or state:
+        return
+    what = "it looks like a whole model" if "emb.weight" in parts else f"only base tensors such as {next(iter(parts))}"
+    raise UserError(f"{source}: holds no adapter or state tensors ({what}); expected an adapter file with "
+                    ".lora_A/.lora_B, .disha or att.time_state keys, such as a training run's rwkv-N.pth")
+
+
 def _check_config(spec: AdapterSpec, detected: str | None, layers, state, source: str) -> None:
     """The config beside a file must describe that file."""
     file_method = detected if detected is not None else ("state" if state else "none")
@@ -157,6 +167,7 @@ def read_adapter(path: str | os.PathLike, *, method: str | None = None, lora_alp
     if config is not None and not layers and not parts and state:
         config = dict(config, method="state", state=True, r=None, targets=[], train_parts=[])
     if config is None:
+        _check_holds_adapter(layers, state, parts, source)
         spec = _spec_from_keys(detected, layers, state, source, method, lora_alpha,
                                str(pissa_init) if pissa_init else None)
         base = None
