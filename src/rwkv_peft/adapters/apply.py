@@ -13,13 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..model import read_checkpoint
 from . import fold
 from .base import adapter_layers, default_targets, inject, resolve_targets
 from .io import load_adapter_weights, read_pissa_init
 from .lora import LoraConfig, LoraLinear
 from .parts import part_parameter_names
-from .reader import AdapterFile, check_against_base, read_adapter
+from .reader import AdapterFile, check_against_base, read_adapter, read_state
 from .spec import AdapterSpec
 from .state import attach_state, check_state, split_state
 
@@ -97,11 +96,18 @@ def mount_adapter(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[st
     return adapter
 
 
-def mount_state(model: nn.Module, path: str | os.PathLike) -> None:
-    """Mount a state file (exactly L `blocks.i.att.time_state` [H, N, N]) as the model's initial state."""
-    rest, state = split_state(read_checkpoint(path))
-    if rest or not state:
-        example = next(iter(rest), "no time_state keys")
-        raise UserError(f"{path}: not a state file ({example}); pass adapters with adapter=... / --adapter")
-    check_state(state, model.config, str(path))
-    attach_state(model, state)
+def mount_state(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[str, Tensor] | None = None,
+                base_name: str = "the base", check_fingerprint: bool = True) -> AdapterFile:
+    """Mount a state file (exactly L `blocks.i.att.time_state` [H, N, N]) as the model's initial state; returns
+    the file as read (its spec records the --quant it was trained with, see `api.load_model`).
+
+    With `base_sd` (what the model was built from), a state whose adapter_config.json names another base (dims
+    or fingerprint) is refused, as an adapter is: same-shaped states of an RWKV-6 and an RWKV-7, or of two
+    RWKV-7 of one size, would mount silently and compute nonsense.
+    """
+    state = read_state(path)
+    if base_sd is not None:
+        check_against_base(state, split_state(base_sd)[0], base_name, check_fingerprint)
+    check_state(state.state, model.config, str(path))
+    attach_state(model, state.state)
+    return state

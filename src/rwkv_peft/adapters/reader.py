@@ -191,6 +191,30 @@ def read_adapter(path: str | os.PathLike, *, method: str | None = None, lora_alp
     return AdapterFile(source, spec, layers, state, parts, init, base)
 
 
+def read_state(path: str | os.PathLike) -> AdapterFile:
+    """Read a state file to mount or merge: exactly the `blocks.i.att.time_state` keys. With our
+    adapter_config.json beside it, it carries that run's record of its base and --quant, checked and followed as
+    an adapter's are (`check_against_base`, `trained_quant`); RWKV-PEFT's state files have no config and are
+    checked by their shapes alone."""
+    rest, state = split_state(read_checkpoint(path))
+    if rest or not state:
+        example = next(iter(rest), "no time_state keys")
+        raise UserError(f"{path}: not a state file (it has {example}); a state file holds only "
+                        "blocks.i.att.time_state keys: pass adapter files as the adapter (--peft_checkpoint, "
+                        "--adapter)")
+    return read_adapter(path)
+
+
+def trained_quant(*files: AdapterFile | None) -> str | None:
+    """The --quant the given adapter / state files were trained with (None: none of them records one)."""
+    recorded = {f.path: f.trained_quant for f in files if f is not None and f.trained_quant is not None}
+    if len(set(recorded.values())) > 1:
+        listed = ", ".join(f"{path} on a {q} base" for path, q in recorded.items())
+        raise UserError(f"the files were trained on differently quantized bases ({listed}); pass --quant (quant=...) "
+                        "to choose how the base is rounded")
+    return next(iter(recorded.values()), None)
+
+
 def check_against_base(adapter: AdapterFile, base_sd: Mapping[str, Tensor], base_name: str,
                        check_fingerprint: bool = True) -> None:
     """Raise UserError unless the adapter fits this base: dims, fingerprint, and every tensor's shape."""
