@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..model import infer_config, read_checkpoint
 from ..quant.schemes import canonical_scheme
 from .base import block_relative
-from .io import base_fingerprint, read_config, read_pissa_init
+from .io import base_fingerprint, pissa_init_fingerprint, read_config, read_pissa_init
 from .lora import LoraConfig
 from .spec import METHODS, AdapterSpec, layer_config, spec_from_config
 from .state import check_state, split_state
@@ -188,7 +188,18 @@ def read_adapter(path: str | os.PathLike, *, method: str | None = None, lora_alp
         if set(init) != set(layers):
             odd = sorted(set(init) ^ set(layers))[0]
             raise UserError(f"{pissa_init}: init factors and adapter disagree on {odd}; is it this run's init file?")
+        _check_init_fingerprint(init, config, pissa_init, source)
     return AdapterFile(source, spec, layers, state, parts, init, base)
+
+
+def _check_init_fingerprint(init, config: dict | None, init_path, source: str) -> None:
+    """The init must be the one the adapter trained from, when its config records which (older configs and
+    RWKV-PEFT files do not: then only the modules are checked)."""
+    want = (config or {}).get("pissa_init_fingerprint")
+    if want is not None and pissa_init_fingerprint(init) != want:
+        raise UserError(f"{init_path} is not the init {source} was trained from (its adapter_config.json records "
+                        f"fingerprint {want}, the file has {pissa_init_fingerprint(init)}); pass the init_pissa.pth "
+                        "written by that run")
 
 
 def read_state(path: str | os.PathLike) -> AdapterFile:
