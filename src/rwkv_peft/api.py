@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import adapters
 from .adapters.merge import merge
-from .adapters.reader import describe_adapter
+from .adapters.reader import describe_adapter, trained_quant
 from .adapters.state import is_state_param, split_state
 from .model import read_checkpoint
 from .model.load import model_from_state_dict, validate_state_dict
@@ -57,8 +57,9 @@ def load_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None
     adapter: an adapter file (`rwkv-N.pth` with its adapter_config.json, or a RWKV-PEFT file: then
     `lora_alpha` for LoRA and `pissa_init` for PiSSA); state: a state file. A base that already carries
     `time_state` tensors (a merged state) starts from them. quant: quantize the frozen base ("nf4", "int8", ...,
-    "none"); None follows the adapter's adapter_config.json, so an adapter trained with --quant runs on the
-    quantized base it was fitted to (as `merge` does). Returns an RWKV7/RWKV6 module in eval mode:
+    "none"); None follows the adapter's (or state's) adapter_config.json, so an adapter trained with --quant runs on
+    the quantized base it was fitted to (as `merge` does). check_fingerprint: False mounts an adapter or state
+    whose adapter_config.json names another base of the same dims. Returns an RWKV7/RWKV6 module in eval mode:
     `model(tokens [B, T]) -> logits [B, T, V]`, `model.forward_with_state(tokens, state) -> (logits, state)`.
     """
     sd = read_checkpoint(path)
@@ -66,14 +67,15 @@ def load_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None
     model = model_from_state_dict(base_sd, str(path), device, dtype)
     if merged_state:
         adapters.attach_state(model, merged_state)
-    trained = None
+    files = []
     if adapter is not None:
-        trained = adapters.mount_adapter(model, adapter, base_sd, str(path), lora_alpha=lora_alpha,
-                                         pissa_init=pissa_init, check_fingerprint=check_fingerprint).trained_quant
+        files.append(adapters.mount_adapter(model, adapter, base_sd, str(path), lora_alpha=lora_alpha,
+                                            pissa_init=pissa_init, check_fingerprint=check_fingerprint))
+    if state is not None:
+        files.append(adapters.mount_state(model, state, base_sd, str(path), check_fingerprint))
+    trained = trained_quant(*files)
     scheme = canonical_scheme(quant) if quant is not None else (trained or "none")
     if scheme != "none":
-        quantize_model(model, scheme)  # after the adapter, as in training (PiSSA: the residual is quantized)
-    if state is not None:
-        adapters.mount_state(model, state)
+        quantize_model(model, scheme)  # after the adapter and state, as in training (PiSSA: the residual is quantized)
     return model.eval()
 

@@ -80,3 +80,22 @@ def test_info_describes_adapters(trained, capsys, tmp_path):
     write_checkpoint({"blocks.0.att.key.disha": torch.zeros(32, 128)}, tmp_path / "rwkv-0.pth")
     assert main(["info", str(tmp_path / "rwkv-0.pth")]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "bone"
+
+
+def test_merge_refuses_a_whole_model_as_the_adapter(trained, base_files, tmp_path, capsys):
+    t = trained("lora", 7)
+    code = main(["merge", "--base_model", str(t.base_path), "--peft_checkpoint", str(base_files[6]),
+                 "--output", str(tmp_path / "o.pth")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds no adapter or state tensors (it looks like a whole model)" in err and ".lora_A" in err
+    assert not (tmp_path / "o.pth").exists()
+
+
+def test_merge_summary_counts_adapted_linears(trained, tmp_path, capsys):
+    t = trained("lora", 7)
+    assert main(["merge", "--base_model", str(t.base_path), "--peft_checkpoint", str(t.adapter_path),
+                 "--output", str(tmp_path / "m.pth")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # 2 layers x the default targets: a count of linear modules, not of blocks.
+    assert "layers" not in summary and summary["adapted_linears"] == len(rwkv_peft.adapters.adapter_layers(t.model))

@@ -12,13 +12,14 @@ For a training loop:
     load_adapter_weights(model, path)               # resume (after apply_adapter with the same spec)
 """
 
-from .apply import apply_adapter, fold_lora, mount_adapter, mount_state
+from .apply import apply_adapter, fold_lora, mount_adapter, mount_state, prepare_load
 from .base import AdapterLinear, adapter_layers, default_targets, resolve_targets
 from .flags import spec_from_flags
 from .io import (
     base_fingerprint,
     base_info,
     load_adapter_weights,
+    pissa_init_fingerprint,
     read_pissa_init,
     save_adapter,
     trainable_parameters,
@@ -28,7 +29,7 @@ from .lora import LoraConfig, LoraLinear
 from .merge import merge
 from .miss import BatLinear, BoneLinear, MissConfig
 from .parts import DEFAULT_PARTS, PARTS, part_parameter_names
-from .reader import AdapterFile, check_against_base, read_adapter
+from .reader import AdapterFile, check_against_base, read_adapter, read_state
 from .spec import METHODS, AdapterSpec
 from .state import attach_state, is_state_param, split_state, state_tensors
 
@@ -37,4 +38,5 @@ __all__ = ["METHODS", "AdapterSpec", "LoraConfig", "MissConfig", "AdapterLinear"
            "trainable_parameters", "is_state_param", "save_adapter", "load_adapter_weights", "write_pissa_init",
            "read_pissa_init", "base_fingerprint", "base_info", "mount_adapter", "mount_state", "merge",
            "read_adapter", "check_against_base", "adapter_layers", "default_targets", "resolve_targets",
-           "part_parameter_names", "attach_state", "split_state", "state_tensors"]
+           "part_parameter_names", "attach_state", "split_state", "state_tensors", "prepare_load",
+           "pissa_init_fingerprint", "read_state"]

@@ -7,19 +7,19 @@ it is full fine-tuning: everything trains.
 
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..model import read_checkpoint
 from . import fold
 from .base import adapter_layers, default_targets, inject, resolve_targets
-from .io import load_adapter_weights, read_pissa_init
+from .io import PISSA_INIT_NAME, load_adapter_weights, read_config, read_pissa_init
 from .lora import LoraConfig, LoraLinear
 from .parts import part_parameter_names
-from .reader import AdapterFile, check_against_base, read_adapter
+from .reader import AdapterFile, check_against_base, read_adapter, read_state
 from .spec import AdapterSpec
 from .state import attach_state, check_state, split_state
 
@@ -54,6 +54,45 @@ def apply_adapter(model: nn.Module, spec: AdapterSpec,
         model.get_parameter(name).requires_grad_(True)
     if spec.load:
         load_adapter_weights(model, spec.load)
+
+
+def prepare_load(spec: AdapterSpec, base_sd: Mapping[str, Tensor], base_name: str,
+                 check_fingerprint: bool = True) -> tuple[AdapterSpec, str | None]:
+    """Check the file a training run continues from (`spec.load`: RWKV-PEFT's lora_load / pissa_load / load)
+    against the base and the run's settings, as merge and mount check an adapter; returns the spec to train
+    with and a note for the run's description (None: nothing to say).
+
+    PiSSA without pissa_init continues from the init_pissa.pth beside the loaded file: a fresh SVD would pair the
+    trained factors with another residual, so the continued model would not be the trained one.
+    """
+    if not spec.load:
+        return spec, None
+    config = read_config(spec.load)
+    note = None
+    if spec.method == "pissa" and not spec.pissa_init:
+        beside = Path(spec.load).parent / ((config or {}).get("pissa_init") or PISSA_INIT_NAME)
+        if not beside.exists():
+            raise UserError("pissa_load needs the init it was trained from: pass pissa_init (init_pissa.pth of "
+                            f"that run); there is none beside {spec.load}")
+        spec = replace(spec, pissa_init=str(beside))
+        note = f"pissa_load: continuing from the init it was trained from, {beside} (pissa_init not given)"
+    # A config-less RWKV-PEFT LoRA file does not say its alpha: it gets the run's.
+    alpha = spec.layer.alpha if config is None and spec.method == "lora" else None
+    loaded = read_adapter(spec.load, lora_alpha=alpha, pissa_init=spec.pissa_init)
+    if loaded.spec.method != spec.method:
+        raise UserError(f"{spec.load} is a {loaded.spec.method!r} adapter and this run trains {spec.method!r}; "
+                        "continue it with the method it was trained with")
+    _check_alpha(spec, loaded)
+    check_against_base(loaded, split_state(base_sd)[0], base_name, check_fingerprint)
+    return spec, note
+
+
+def _check_alpha(spec: AdapterSpec, loaded: AdapterFile) -> None:
+    """The same alpha as the run that wrote the file: another would rescale its trained delta silently."""
+    if isinstance(spec.layer, LoraConfig) and loaded.base is not None and loaded.spec.layer.alpha != spec.layer.alpha:
+        raise UserError(f"lora_alpha {spec.layer.alpha:g} contradicts adapter_config.json (alpha "
+                        f"{loaded.spec.layer.alpha:g}) of {spec.load}; set lora_alpha to {loaded.spec.layer.alpha:g} "
+                        "to continue that training")
 
 
 def fold_lora(model: nn.Module) -> int:
@@ -97,11 +136,18 @@ def mount_adapter(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[st
     return adapter
 
 
-def mount_state(model: nn.Module, path: str | os.PathLike) -> None:
-    """Mount a state file (exactly L `blocks.i.att.time_state` [H, N, N]) as the model's initial state."""
-    rest, state = split_state(read_checkpoint(path))
-    if rest or not state:
-        example = next(iter(rest), "no time_state keys")
-        raise UserError(f"{path}: not a state file ({example}); pass adapters with adapter=... / --adapter")
-    check_state(state, model.config, str(path))
-    attach_state(model, state)
+def mount_state(model: nn.Module, path: str | os.PathLike, base_sd: Mapping[str, Tensor] | None = None,
+                base_name: str = "the base", check_fingerprint: bool = True) -> AdapterFile:
+    """Mount a state file (exactly L `blocks.i.att.time_state` [H, N, N]) as the model's initial state; returns
+    the file as read (its spec records the --quant it was trained with, see `api.load_model`).
+
+    With `base_sd` (what the model was built from), a state whose adapter_config.json names another base (dims
+    or fingerprint) is refused, as an adapter is: same-shaped states of an RWKV-6 and an RWKV-7, or of two
+    RWKV-7 of one size, would mount silently and compute nonsense.
+    """
+    state = read_state(path)
+    if base_sd is not None:
+        check_against_base(state, split_state(base_sd)[0], base_name, check_fingerprint)
+    check_state(state.state, model.config, str(path))
+    attach_state(model, state.state)
+    return state

@@ -8,7 +8,8 @@ Layout of a run's `proj_dir` (keys are RWKV-PEFT's, so its merge scripts read ou
 - `rwkv-{epoch}-state.pth`: for State tuning combined with a weight adapter, the state keys again on their
   own, so the state can be mounted without the adapter.
 - `adapter_config.json`: method, rank, alpha, dropout, mode, targets, train_parts, quant, the base's dims and
-  fingerprint, the PiSSA init file's name and the rwkv-peft version. Merging reads it: nothing is retyped.
+  fingerprint, the PiSSA init file's name and fingerprint (`pissa_init_fingerprint`) and the rwkv-peft version.
+  Merging reads it: nothing is retyped.
 - `init_pissa.pth` (PiSSA): the initial factors, keys `model.<module>.init_lora_A/B` as RWKV-PEFT writes them.
 
 The base fingerprint is cheap and deterministic: sha256 over the sorted key names and shapes plus 16 evenly
@@ -48,10 +49,27 @@ def base_fingerprint(sd: Mapping[str, Tensor]) -> str:
         h.update(f"{k}{list(sd[k].shape)}\n".encode())
     for k in _PROBES:
         if k in sd:
-            flat = sd[k].reshape(-1)
-            # Integer arithmetic: a float linspace rounds past the end for tensors over 2^24 elements.
-            idx = torch.arange(_PROBE_COUNT) * (flat.numel() - 1) // (_PROBE_COUNT - 1)
-            h.update(flat[idx].to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+            h.update(_probe(sd[k]))
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _probe(t: Tensor) -> bytes:
+    """16 evenly spaced elements of a tensor, rounded to bf16 (so a bf16 copy and an fp32 one agree)."""
+    flat = t.reshape(-1)
+    # Integer arithmetic: a float linspace rounds past the end for tensors over 2^24 elements.
+    idx = torch.arange(_PROBE_COUNT) * (flat.numel() - 1) // (_PROBE_COUNT - 1)
+    return flat[idx].to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+
+
+def pissa_init_fingerprint(init: Mapping[str, tuple[Tensor, Tensor]]) -> str:
+    """A short id of PiSSA's initial factors {module: (A0, B0)}, probed as the base fingerprint is. Two runs'
+    randomized SVDs differ everywhere, so this tells one run's init_pissa.pth from another's; adapter_config.json
+    records it because an adapter merged or continued with another init is silently another model."""
+    h = hashlib.sha256()
+    for name in sorted(init):
+        for tag, t in zip("AB", init[name]):
+            h.update(f"{name}.init_lora_{tag}{list(t.shape)}\n".encode())
+            h.update(_probe(t.detach().cpu()))
     return "sha256:" + h.hexdigest()[:32]
 
 
@@ -93,15 +111,21 @@ def read_config(adapter_path: str | os.PathLike) -> dict | None:
         raise UserError(f"{path}: not valid JSON ({e}); fix or delete it") from None
 
 
+def pissa_factors(model: nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
+    """{module name: (A0, B0)} of the model's PiSSA layers."""
+    factors = {name: (layer.init_lora_A, layer.init_lora_B) for name, layer in adapter_layers(model).items()
+               if hasattr(layer, "init_lora_A")}
+    if not factors:
+        raise UserError("write_pissa_init: this model has no PiSSA layers")
+    return factors
+
+
 def write_pissa_init(model: nn.Module, proj_dir: str | os.PathLike) -> Path:
     """Save the PiSSA layers' initial factors as `proj_dir/init_pissa.pth` (RWKV-PEFT's keys)."""
-    layers = {name: layer for name, layer in adapter_layers(model).items() if hasattr(layer, "init_lora_A")}
-    if not layers:
-        raise UserError("write_pissa_init: this model has no PiSSA layers")
     sd = {}
-    for name, layer in layers.items():
-        sd[f"model.{name}.init_lora_A"] = layer.init_lora_A
-        sd[f"model.{name}.init_lora_B"] = layer.init_lora_B
+    for name, (init_A, init_B) in pissa_factors(model).items():
+        sd[f"model.{name}.init_lora_A"] = init_A
+        sd[f"model.{name}.init_lora_B"] = init_B
     path = Path(proj_dir) / PISSA_INIT_NAME
     write_checkpoint(sd, path)
     return path
@@ -139,15 +163,15 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, proj_dir: str | os.PathLik
     write_checkpoint(trainable_parameters(model), path)
     if spec.state and spec.layer is not None:
         write_checkpoint(state_tensors(model), proj_dir / f"rwkv-{epoch}-state.pth")
-    pissa_name = None
+    pissa = None
     if spec.method == "pissa":
-        pissa_name = write_pissa_init(model, proj_dir).name
+        pissa = (write_pissa_init(model, proj_dir).name, pissa_init_fingerprint(pissa_factors(model)))
     targets = list(dict.fromkeys(block_relative(n) for n in adapter_layers(model)))
     try:
         version = metadata.version("rwkv-peft")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    write_json(spec_to_config(spec, targets, info, version, pissa_name), proj_dir / CONFIG_NAME)
+    write_json(spec_to_config(spec, targets, info, version, *(pissa or (None, None))), proj_dir / CONFIG_NAME)
     return path
 
 

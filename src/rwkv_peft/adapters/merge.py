@@ -29,16 +29,17 @@ from ..model.load import validate_state_dict
 from ..quant.schemes import canonical_scheme, roundtrip
 from .base import default_targets
 from .lora import pissa_residual
-from .reader import check_against_base, read_adapter
+from .reader import check_against_base, read_adapter, read_state, trained_quant
 from .spec import METHODS
-from .state import check_state, split_state
+from .state import split_state
 
 
 def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: str | os.PathLike, *,
           state: str | os.PathLike | None = None, method: str | None = None, lora_alpha: float | None = None,
           pissa_init: str | os.PathLike | None = None, quant: str | None = None, dtype: torch.dtype | None = None,
           device: str = "cpu", check_fingerprint: bool = True) -> dict:
-    """Write base + adapter (+ state) to `output`; return a summary {output, method, layers, parts, state, quant}
+    """Write base + adapter (+ state) to `output`; return a summary {output, method, adapted_linears (how many
+    linear modules got a delta), parts (train_parts tensors replaced), state, quant}
     (plus `note` when `quant` overrides what the adapter was trained with).
 
     adapter: our `rwkv-N.pth` (its adapter_config.json gives method, rank, alpha, quant) or a RWKV-PEFT file
@@ -55,17 +56,24 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
     base_only, base_state = split_state(base_sd)
     cfg = validate_state_dict(base_only, str(base))
     out = {k: v if dtype is None else v.to(dtype) for k, v in base_sd.items()}
-    summary = {"output": str(output), "method": "state", "layers": 0, "parts": 0, "state": False}
-    states = {}
+    summary = {"output": str(output), "method": "state", "adapted_linears": 0, "parts": 0, "state": False}
+    # A state file goes through the adapter's checks: with the config of the run that trained it beside it, its
+    # base (dims, fingerprint) and --quant are checked and followed exactly as --peft_checkpoint would.
     a = None
     if adapter is not None:
         a = read_adapter(adapter, method=method, lora_alpha=lora_alpha, pissa_init=pissa_init)
-        check_against_base(a, base_only, str(base), check_fingerprint)
-    trained = a.trained_quant if a is not None else None
+    st = read_state(state) if state is not None else None
+    if a is not None and a.state and st is not None:
+        raise UserError(f"{adapter} already carries a tuned state; do not also pass --state_checkpoint")
+    for f in (a, st):
+        if f is not None:
+            check_against_base(f, base_only, str(base), check_fingerprint)
+    trained = trained_quant(a, st)
     scheme = canonical_scheme(quant) if quant is not None else (trained or "none")
     summary["quant"] = scheme
     if trained is not None and scheme != trained:
-        summary["note"] = (f"the adapter was trained on a {trained} base, merged with quant {scheme} as asked: the "
+        what = "adapter" if a is not None else "state"
+        summary["note"] = (f"the {what} was trained on a {trained} base, merged with quant {scheme} as asked: the "
                            "merged model differs from the adapted one by the difference in base rounding")
     layers = a.layers if a is not None else {}
     # The linears the run had quantized (quantize_model's default): the att/ffn set and every adapted layer.
@@ -87,15 +95,8 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike | None, output: st
     if a is not None:
         for key, value in a.parts.items():
             out[key] = value.to(dtype or base_sd[key].dtype)
-        states = a.state
-        summary.update(method=a.spec.method, layers=len(a.layers), parts=len(a.parts))
-    if state is not None:
-        if states:
-            raise UserError(f"{adapter} already carries a tuned state; do not also pass --state_checkpoint")
-        rest, states = split_state(read_checkpoint(state))
-        if rest:
-            raise UserError(f"{state}: not a state file (it has {next(iter(rest))})")
-        check_state(states, cfg, str(state))
+        summary.update(method=a.spec.method, adapted_linears=len(a.layers), parts=len(a.parts))
+    states = (a.state if a is not None else {}) or (st.state if st is not None else {})
     if states:
         if base_state:
             raise UserError(f"{base} already carries time_state tensors; merge into the plain base")

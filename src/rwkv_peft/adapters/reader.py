@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..model import infer_config, read_checkpoint
 from ..quant.schemes import canonical_scheme
 from .base import block_relative
-from .io import base_fingerprint, read_config, read_pissa_init
+from .io import base_fingerprint, pissa_init_fingerprint, read_config, read_pissa_init
 from .lora import LoraConfig
 from .spec import METHODS, AdapterSpec, layer_config, spec_from_config
 from .state import check_state, split_state
@@ -122,6 +122,16 @@ def _spec_from_keys(detected: str | None, layers, state, source: str, method: st
     return AdapterSpec(layer=layer_config(detected, _rank(detected, layers, source), lora_alpha), state=bool(state))
 
 
+def _check_holds_adapter(layers, state, parts, source: str) -> None:
+    """A file without a config must hold adapter or state tensors: base tensors alone (train_parts) are only
+    recognised with our config, else a whole model given by mistake would merge as a copy of itself."""
+    if layers or state:
+        return
+    what = "it looks like a whole model" if "emb.weight" in parts else f"only base tensors such as {next(iter(parts))}"
+    raise UserError(f"{source}: holds no adapter or state tensors ({what}); expected an adapter file with "
+                    ".lora_A/.lora_B, .disha or att.time_state keys, such as a training run's rwkv-N.pth")
+
+
 def _check_config(spec: AdapterSpec, detected: str | None, layers, state, source: str) -> None:
     """The config beside a file must describe that file."""
     file_method = detected if detected is not None else ("state" if state else "none")
@@ -157,6 +167,7 @@ def read_adapter(path: str | os.PathLike, *, method: str | None = None, lora_alp
     if config is not None and not layers and not parts and state:
         config = dict(config, method="state", state=True, r=None, targets=[], train_parts=[])
     if config is None:
+        _check_holds_adapter(layers, state, parts, source)
         spec = _spec_from_keys(detected, layers, state, source, method, lora_alpha,
                                str(pissa_init) if pissa_init else None)
         base = None
@@ -177,7 +188,42 @@ def read_adapter(path: str | os.PathLike, *, method: str | None = None, lora_alp
         if set(init) != set(layers):
             odd = sorted(set(init) ^ set(layers))[0]
             raise UserError(f"{pissa_init}: init factors and adapter disagree on {odd}; is it this run's init file?")
+        _check_init_fingerprint(init, config, pissa_init, source)
     return AdapterFile(source, spec, layers, state, parts, init, base)
+
+
+def _check_init_fingerprint(init, config: dict | None, init_path, source: str) -> None:
+    """The init must be the one the adapter trained from, when its config records which (older configs and
+    RWKV-PEFT files do not: then only the modules are checked)."""
+    want = (config or {}).get("pissa_init_fingerprint")
+    if want is not None and pissa_init_fingerprint(init) != want:
+        raise UserError(f"{init_path} is not the init {source} was trained from (its adapter_config.json records "
+                        f"fingerprint {want}, the file has {pissa_init_fingerprint(init)}); pass the init_pissa.pth "
+                        "written by that run")
+
+
+def read_state(path: str | os.PathLike) -> AdapterFile:
+    """Read a state file to mount or merge: exactly the `blocks.i.att.time_state` keys. With our
+    adapter_config.json beside it, it carries that run's record of its base and --quant, checked and followed as
+    an adapter's are (`check_against_base`, `trained_quant`); RWKV-PEFT's state files have no config and are
+    checked by their shapes alone."""
+    rest, state = split_state(read_checkpoint(path))
+    if rest or not state:
+        example = next(iter(rest), "no time_state keys")
+        raise UserError(f"{path}: not a state file (it has {example}); a state file holds only "
+                        "blocks.i.att.time_state keys: pass adapter files as the adapter (--peft_checkpoint, "
+                        "--adapter)")
+    return read_adapter(path)
+
+
+def trained_quant(*files: AdapterFile | None) -> str | None:
+    """The --quant the given adapter / state files were trained with (None: none of them records one)."""
+    recorded = {f.path: f.trained_quant for f in files if f is not None and f.trained_quant is not None}
+    if len(set(recorded.values())) > 1:
+        listed = ", ".join(f"{path} on a {q} base" for path, q in recorded.items())
+        raise UserError(f"the files were trained on differently quantized bases ({listed}); pass --quant (quant=...) "
+                        "to choose how the base is rounded")
+    return next(iter(recorded.values()), None)
 
 
 def check_against_base(adapter: AdapterFile, base_sd: Mapping[str, Tensor], base_name: str,

@@ -71,9 +71,10 @@ def layer_config(method: str, r: int, alpha: float | None = None, dropout: float
 
 
 def spec_to_config(spec: AdapterSpec, targets: list[str], base: dict, version: str,
-                   pissa_init: str | None) -> dict:
+                   pissa_init: str | None, pissa_init_fingerprint: str | None = None) -> dict:
     """The JSON written beside an adapter file. `targets` are the resolved block-relative names, `base` the
-    base model's dims and fingerprint, `pissa_init` the init file's name (relative to the adapter's folder)."""
+    base model's dims and fingerprint, `pissa_init` the init file's name (relative to the adapter's folder) and
+    `pissa_init_fingerprint` its factors' id (io.pissa_init_fingerprint), checked wherever the init is read."""
     layer = spec.layer
     return {
         "format": FORMAT, "format_version": 1, "rwkv_peft_version": version,
@@ -84,6 +85,7 @@ def spec_to_config(spec: AdapterSpec, targets: list[str], base: dict, version: s
         "mode": layer.mode if isinstance(layer, MissConfig) else None,
         "svd_niter": layer.svd_niter if isinstance(layer, LoraConfig) and layer.pissa else None,
         "pissa_init": pissa_init,
+        "pissa_init_fingerprint": pissa_init_fingerprint,
         "targets": targets if layer else [],
         "train_parts": list(spec.train_parts),
         "quant": None if spec.quant == "none" else spec.quant,

@@ -32,6 +32,7 @@ def run(args) -> int:
                            lora_alpha=args.lora_alpha, pissa_init=args.lora_init, data_type=args.data_type,
                            ctx_len=args.ctx_len, chunk_ctx=args.chunk_ctx, micro_bsz=args.micro_bsz,
                            loss_mask=args.loss_mask, dataload=args.dataload, max_batches=args.max_batches,
-                           precision=args.precision, device=args.device, quant=args.quant)
+                           precision=args.precision, device=args.device, quant=args.quant,
+                           check_fingerprint=not args.ignore_base_fingerprint)
     print(json.dumps(result.as_dict()))
     return 0

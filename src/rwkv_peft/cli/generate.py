@@ -34,7 +34,8 @@ def run(args) -> int:
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = load_model(args.model, adapter=args.adapter, state=args.state, device=args.device, dtype=dtype,
-                       lora_alpha=args.lora_alpha, pissa_init=args.lora_init, quant=args.quant)
+                       lora_alpha=args.lora_alpha, pissa_init=args.lora_init, quant=args.quant,
+                       check_fingerprint=not args.ignore_base_fingerprint)
     prompt, stop = args.prompt, list(args.stop)
     if args.chat:
         prompt, stop = f"User: {prompt}\n\nAssistant:", stop + ["\n\n"]

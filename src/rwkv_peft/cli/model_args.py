@@ -9,3 +9,6 @@ def add_model_args(p) -> None:
     p.add_argument("--lora_init", help="init_pissa.pth of a RWKV-PEFT PiSSA adapter")
     p.add_argument("--quant", help="quantize the frozen base (nf4, int8, ...; none). Default: what the adapter was "
                    "trained on (its adapter_config.json), else none")
+    p.add_argument("--ignore_base_fingerprint", action="store_true",
+                   help="mount even though the adapter's or state's adapter_config.json names another base with the "
+                   "same dims")

@@ -91,6 +91,8 @@ class AdapterSection:
     train_parts: list | None = opt(None, "base parts that also train: emb head ln time "
                                                    "(default: time ln with a weight adapter)")
     quant: str = opt("none", "quantize the frozen base: none, int8, nf4")
+    ignore_base_fingerprint: bool = opt(False, "continue from a lora_load / pissa_load / load file whose "
+                                        "adapter_config.json names another base with the same dims")
 
 
 @dataclass

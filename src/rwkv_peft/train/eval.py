@@ -92,7 +92,7 @@ def evaluate_file(model_path: str, data_file: str, *, adapter: str | None = None
                   lora_alpha: float | None = None, pissa_init: str | None = None, data_type: str = "jsonl",
                   ctx_len: int = 1024, chunk_ctx: int = 0, micro_bsz: int = 4, loss_mask: str = "pad",
                   dataload: str = "pad", max_batches: int = 0, precision: str = "fp32",
-                  device: str = "cpu", quant: str | None = None) -> EvalResult:
+                  device: str = "cpu", quant: str | None = None, check_fingerprint: bool = True) -> EvalResult:
     """`rwkv-peft eval`: load (and mount), read the data, evaluate."""
     from ..api import load_model
     from ..data import build_dataset
@@ -100,6 +100,7 @@ def evaluate_file(model_path: str, data_file: str, *, adapter: str | None = None
     prec = Precision(precision, torch.device(device))
     prec.configure_backends()
     model = load_model(model_path, adapter=adapter, state=state, device=device, dtype=prec.frozen_dtype,
-                       lora_alpha=lora_alpha, pissa_init=pissa_init, quant=quant)
+                       lora_alpha=lora_alpha, pissa_init=pissa_init, quant=quant,
+                       check_fingerprint=check_fingerprint)
     dataset = build_dataset(data_file, data_type, None, ctx_len, loss_mask, dataload)
     return evaluate(model, dataset, micro_bsz, prec, torch.device(device), max_batches, chunk_ctx)

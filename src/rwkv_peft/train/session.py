@@ -183,6 +183,10 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     wkv = model_backend(mc.version, model.backend, device, precision.compute_dtype, mc.head_size,
                         packed=cfg.data.dataload == "pack")
     model.compile, cuda_graph = _speedups(cfg, device, precision, chunk_ctx, dist, strategy)
+    if resume is None:  # a resumed run restores its own factors and values from the checkpoint
+        spec, load_note = adapters.prepare_load(spec, read_checkpoint(cfg.model.load_model), cfg.model.load_model,
+                                                not cfg.adapter.ignore_base_fingerprint)
+        notes += [load_note] if load_note else []
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
     quantize_model(model, spec.quant, device=device if spec.quant != "none" else None)
