@@ -8,8 +8,11 @@
 
 JSON keys may be RWKV-PEFT's (`lora_r`, `lora_alpha`, `lora_dropout`, `pissa_r`, `svd_niter`, `mode`, `r`,
 `load`) or HF peft's as the newest RWKV-PEFT passes them (`r`, `lora_alpha`, `lora_dropout`, `target_modules`,
-`init_weights`, `init_lora_weights`, `miss_dropout`). The method's legacy flag is read first and `--peft_config`
-overrides it key by key. Missing values take RWKV-PEFT's training defaults (LoRA r 8, alpha 32, dropout 0.01;
+`init_weights`, `init_lora_weights`, `miss_dropout`). The method's own legacy flag (`--lora_config` for lora,
+`--pissa_config` for pissa, `--disha_config` for disha/miss/bone/bat) and `--peft_config` are merged key by key;
+a legacy flag of another method, or the two flags giving one setting different values, is an error (either
+would silently train something other than what was asked). Each value's type is checked (a JSON `true` is not
+a rank). Missing values take RWKV-PEFT's training defaults (LoRA r 8, alpha 32, dropout 0.01;
 PiSSA r 8, no scaling, svd_niter 4; MiSS/DiSHA r 64), whichever flag they came through. `--peft miss` is bone
 unless `init_weights` is "bat"; `--peft disha` takes `mode`. Unknown keys and invalid values (such as RWKV-PEFT's
 default `"mode":"mode"`, which silently trained nothing there) are errors.
@@ -37,8 +40,37 @@ _KEYS = {"r": "r", "lora_r": "r", "pissa_r": "r", "lora_alpha": "alpha", "alpha"
 _ALLOWED = {"lora": {"r", "alpha", "dropout", "init_lora_weights", "targets", "load", "pissa_init", "svd_niter",
                      "bias"},
             "miss": {"r", "dropout", "mode", "init_weights", "targets", "load", "bias"}}
-_LEGACY_FLAG = {"lora": "lora_config", "pissa": "pissa_config", "disha": "disha_config", "bone": "disha_config",
-                "bat": "disha_config"}
+_LEGACY_FLAG = {"lora": "lora_config", "pissa": "pissa_config", "disha": "disha_config", "miss": "disha_config",
+                "bone": "disha_config", "bat": "disha_config"}
+_FLAG_METHOD = {"lora_config": "lora", "pissa_config": "pissa", "disha_config": "disha (or miss, bone, bat)"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is a bool, and Python's bool an int
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_path(value: Any) -> bool:
+    return value is None or isinstance(value, str)  # "" and null both mean none, as in RWKV-PEFT's defaults
+
+
+# Each meaning -> (is the JSON value acceptable, what is expected). Ranges are checked here too, so the message can
+# name the key the user wrote; init_weights / init_lora_weights / targets have their own checks below.
+_VALUE_CHECKS = {
+    "r": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "alpha": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "svd_niter": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "mode": (lambda v: isinstance(v, str), 'a string, "bone" or "bat"'),
+    "load": (_is_path, 'a file path (a string; "" for none)'),
+    "pissa_init": (_is_path, 'a file path (a string; "" for none)'),
+    "bias": (lambda v: isinstance(v, str), 'the string "none"'),
+    "init_weights": (lambda v: isinstance(v, (bool, str)), 'true or "bat"'),
+    "init_lora_weights": (lambda v: isinstance(v, (bool, str)), 'true, "pissa" or "pissa_niter_N"'),
+}
 
 
 def _json(text: Any, flag: str) -> dict:
@@ -63,6 +95,9 @@ def _normalize(raw: dict, flag: str) -> dict:
         name = _KEYS[key]
         if name is None:
             continue
+        ok, expected = _VALUE_CHECKS.get(name, (lambda v: True, ""))
+        if not ok(value):
+            raise UserError(f"--{flag}: {key} is {json.dumps(value)}; expected {expected}")
         if name in out and out[name] != value:
             raise UserError(f"--{flag}: {seen[name]!r} and {key!r} mean the same and disagree")
         out[name], seen[name] = value, key
@@ -114,6 +149,26 @@ def _layer(peft: str, options: dict):
     return layer_config(method, r, alpha, dropout, niter)
 
 
+def _legacy_options(values: Mapping[str, Any], peft: str) -> dict:
+    """The normalized options of the method's own legacy flag; a legacy flag of another method is an error."""
+    own = _LEGACY_FLAG.get(peft)
+    for flag, method in _FLAG_METHOD.items():
+        if flag != own and _json(values.get(flag), flag):
+            fix = (f"give the options of --peft {peft} in --{own} or --peft_config" if own
+                   else f"add --peft {method.split()[0]}")
+            raise UserError(f"--{flag} applies to --peft {method}, but --peft is {peft}; {fix}, or drop --{flag}")
+    return _normalize(_json(values.get(own), own), own) if own else {}
+
+
+def _merge_options(legacy: dict, peft_config: dict, flag: str) -> dict:
+    """The legacy flag's options with --peft_config's; a setting the two give different values is an error."""
+    for name in legacy.keys() & peft_config.keys():
+        if legacy[name] != peft_config[name]:
+            raise UserError(f"--{flag} and --peft_config disagree on {name} ({json.dumps(legacy[name])} vs "
+                            f"{json.dumps(peft_config[name])}); give it in one of them")
+    return legacy | peft_config
+
+
 def parse_train_parts(value: Any) -> tuple[str, ...]:
     """`--train_parts time ln`, also the README's '["time","ln"]' and "time,ln" forms."""
     items = [value] if isinstance(value, str) else list(value)
@@ -140,14 +195,13 @@ def spec_from_flags(args: argparse.Namespace | Mapping[str, Any]) -> AdapterSpec
     if train_type not in TRAIN_TYPES:
         raise UserError(f"--train_type {train_type!r} is not known; choose from {', '.join(TRAIN_TYPES)}")
     peft_config = _normalize(_json(values.get("peft_config"), "peft_config"), "peft_config")
+    legacy = _legacy_options(values, peft)
     layer, options = None, {}
     if peft in ("state", "none"):
         if peft_config:
             raise UserError(f"--peft_config has no meaning with --peft {peft}")
     else:
-        legacy = _LEGACY_FLAG.get(peft)
-        options = _normalize(_json(values.get(legacy), legacy), legacy) if legacy else {}
-        options |= peft_config
+        options = _merge_options(legacy, peft_config, _LEGACY_FLAG[peft])
         layer = _layer(peft, options)
     parts = values.get("train_parts")
     train_parts = parse_train_parts(parts) if parts is not None else (DEFAULT_PARTS if layer else ())
