@@ -20,13 +20,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
+    parser.commands = sub.choices  # {name: subcommand parser}, for errors in that subcommand's usage
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, except that an unknown flag is reported with the subcommand's usage, not the top level's
+    (argparse leaves a subcommand's unknown arguments for the top-level parser to report)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     args.argv = argv  # `train --devices N` hands its command line on to the worker processes
     if args.command is None:
         parser.print_help()

@@ -39,7 +39,9 @@ def run(args) -> int:
     import torch
 
     from ..api import merge
+    from ..model.checkpoint import check_output_path
 
+    check_output_path(args.output, "--output", "merged.pth")
     summary = merge(args.base_model, args.peft_checkpoint, args.output, state=args.state_checkpoint, method=args.type,
                     lora_alpha=args.lora_alpha, pissa_init=args.lora_init, quant=args.quant,
                     dtype=getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None,

@@ -9,6 +9,9 @@ Every config leaf is a flag of the same name (generated from the config tree, so
 
 import argparse
 import os
+import sys
+
+from .escapes import unescape
 
 EXAMPLE = """examples:
   rwkv-peft train --load_model RWKV-x070-World-0.4B.pth --data_file data.jsonl --data_type jsonl \\
@@ -34,6 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--config", help="recipe YAML (sections model/data/adapter/optim/schedule/run/log)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings overriding the recipe and flags")
     p.add_argument("--fla", action="store_true", default=argparse.SUPPRESS, help="legacy spelling of --op fla")
+    # make-data prints RWKV-LM's "--my_exit_tokens N --magic_prime P --ctx_len L" line for pasting here.
+    p.add_argument("--my_exit_tokens", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="RWKV-LM's stop-after-N-tokens; accepted and not needed (the run lasts epoch_steps x "
+                   "epoch_count)")
     for section in SECTIONS:
         group = p.add_argument_group(section)
         for name, (where, f, tp) in LEAVES.items():
@@ -46,7 +53,8 @@ def add_parser(sub) -> None:
             elif name == "train_parts":
                 kwargs.update(nargs="*", metavar="PART")
             elif name == "sample_prompts":
-                kwargs.update(action="append", dest=name, metavar="PROMPT")
+                kwargs.update(action="append", dest=name, metavar="PROMPT",
+                              help=kwargs["help"] + r"; \n, \t and \\ are a newline, a tab and a backslash")
                 group.add_argument("--sample_prompt", **kwargs)
                 continue
             if f.metadata.get("choices") and "nargs" not in kwargs:
@@ -63,9 +71,14 @@ def run(args) -> int:
     flags = {name: value for name, value in vars(args).items() if name in LEAVES}
     if getattr(args, "fla", False):
         flags.setdefault("op", "fla")
+    if "sample_prompts" in flags:
+        flags["sample_prompts"] = [unescape(p) for p in flags["sample_prompts"]]
     cfg = build_config(flags, args.config, args.overrides)
     if needs_launch(cfg):
         return launch(cfg, args.argv)
+    if os.environ.get("RANK", "0") == "0":  # once per run, not once per worker
+        for note in _flag_notes(args, flags, cfg):
+            print(f"rwkv-peft train: note: {note}", file=sys.stderr)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Before CUDA starts: expandable segments leave fewer holes between the frozen base, the folded LoRA
         # buffers and the steps' activations (H100, 1.5B LoRA ctx 1024: -0.16 GiB at grad_cp 0, -0.26 at 0.5, same
@@ -74,3 +87,14 @@ def run(args) -> int:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     train(cfg)
     return 0
+
+
+def _flag_notes(args, flags: dict, cfg) -> list[str]:
+    """Flags given on the command line that this run does not use (said, so nobody tunes them in vain)."""
+    notes = []
+    if hasattr(args, "my_exit_tokens"):
+        notes.append(f"--my_exit_tokens {args.my_exit_tokens} is not needed here (the run lasts --epoch_steps x "
+                     "--epoch_count micro-batches); ignored")
+    if "chunk_ctx" in flags and cfg.adapter.train_type != "infctx":
+        notes.append(f"--chunk_ctx {cfg.data.chunk_ctx} only applies to --train_type infctx; ignored")
+    return notes

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..model.checkpoint import check_output_path
 from ..model.tokenizer import Tokenizer
 from .binidx import BinIdx, write_binidx
 from .encode import TokenStream, encode_documents
@@ -75,6 +76,7 @@ def make_data(in_jsonl: str, out_prefix: str | None = None, repeat: int = 1, ctx
     prefix = out_prefix or os.path.splitext(in_jsonl)[0]
     if os.path.abspath(in_jsonl) in {os.path.abspath(prefix + ext) for ext in (".bin", ".idx")}:
         raise UserError(f"the output {prefix}.bin/.idx would overwrite the input {in_jsonl}; choose another prefix")
+    check_output_path(prefix, "--out", "data")
     tokenizer = tokenizer or Tokenizer()
     docs, lines = read_jsonl(in_jsonl, skip_bad_records)
     whole = [Rendered(((doc.text, True),), structured=False) for doc in docs]

@@ -54,6 +54,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     return sd
 
 
+def check_output_path(path: str | os.PathLike, flag: str, example: str = "model.pth") -> None:
+    """A UserError before any work is done if a file cannot be written at `path` (given by `flag`): it is a
+    folder, or a file stands where one of its folders should be. Otherwise the write fails only at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path, such as {path / example}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag}")
+            return
+
+
 def write_checkpoint(sd: dict[str, Tensor], path: str | os.PathLike) -> None:
     """Save atomically as `.safetensors` or `.pth` (by extension), each tensor a contiguous CPU copy owning its
     data, so shared storage is never saved twice, the zip format loads with mmap, and saving from a GPU costs no
