@@ -86,7 +86,8 @@ def _adapter_flags(cfg: TrainConfig) -> dict:
     return flags
 
 
-def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> nn.Module:
+def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> tuple[nn.Module, dict]:
+    """The base model, and the checkpoint's tensors it was built from (what a loaded adapter is checked against)."""
     m = cfg.model
     base, state = adapters.split_state(read_checkpoint(m.load_model))
     if state:
@@ -114,7 +115,7 @@ def _load_base(cfg: TrainConfig, device: torch.device, precision: Precision) -> 
         raise UserError(f"--op {m.op}: this install has the WKV backends auto, {', '.join(known)}; "
                         "drop --op to pick the best available")
     model.backend, model.grad_cp = op, m.grad_cp
-    return model
+    return model, base
 
 
 def _speedups(cfg: TrainConfig, device: torch.device, precision: Precision, chunk_ctx: int, dist: DistInfo,
@@ -177,16 +178,17 @@ def build_session(cfg: TrainConfig, device: torch.device, dist: DistInfo, seed: 
     chunk_ctx = cfg.data.chunk_ctx if infctx else 0
     check_supported(strategy, infctx=infctx, state=spec.state, quant=spec.quant, precision=precision.name)
     # FSDP: built on the CPU, each unit moves to the GPU as it is sharded (the base need not fit one GPU).
-    model = _load_base(cfg, torch.device("cpu") if strategy == "fsdp" else device, precision)
+    model, base_sd = _load_base(cfg, torch.device("cpu") if strategy == "fsdp" else device, precision)
     mc = model.config
     # The WKV backend the run will use; a named one that cannot run here fails now, not at the first step.
     wkv = model_backend(mc.version, model.backend, device, precision.compute_dtype, mc.head_size,
                         packed=cfg.data.dataload == "pack")
     model.compile, cuda_graph = _speedups(cfg, device, precision, chunk_ctx, dist, strategy)
     if resume is None:  # a resumed run restores its own factors and values from the checkpoint
-        spec, load_note = adapters.prepare_load(spec, read_checkpoint(cfg.model.load_model), cfg.model.load_model,
+        spec, load_note = adapters.prepare_load(spec, base_sd, cfg.model.load_model,
                                                 not cfg.adapter.ignore_base_fingerprint)
         notes += [load_note] if load_note else []
+    del base_sd  # not needed past this point: the model holds what it uses
     adapters.apply_adapter(model, spec, pissa_init=resume.pissa_init if resume else None)
     # After the adapter: PiSSA's SVD needs the full-precision weights.
     quantize_model(model, spec.quant, device=device if spec.quant != "none" else None)
