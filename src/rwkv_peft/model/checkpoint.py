@@ -60,11 +60,16 @@ def check_output_path(path: str | os.PathLike, flag: str, example: str = "model.
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file path, such as {path / example}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag}")
-            return
+    parent = nearest_existing(path.parent)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag}")
+
+
+def nearest_existing(path: str | os.PathLike) -> Path | None:
+    """`path` itself if it exists, else its closest existing parent (None: none exists): where creating the
+    folders of `path` would begin, or fail if that is a file."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists()), None)
 
 
 def write_checkpoint(sd: dict[str, Tensor], path: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..adapters.spec import CONFIG_NAME
 from ..errors import UserError
+from ..model.checkpoint import nearest_existing
 from .checkpoint import DIR_NAME, MANIFEST
 from .metrics import METRICS
 
@@ -39,12 +40,10 @@ def previous_outputs(proj_dir: Path) -> list[str]:
 
 def _check_is_folder(proj_dir: Path) -> None:
     """proj_dir and each of its existing parents must be folders (mkdir would fail later with a traceback)."""
-    for path in (proj_dir, *proj_dir.parents):
-        if path.exists():
-            if not path.is_dir():
-                what = f"--proj_dir {proj_dir}" if path == proj_dir else f"{path} (in --proj_dir {proj_dir})"
-                raise UserError(f"{what} is a file, not a folder; choose a folder for --proj_dir")
-            return
+    path = nearest_existing(proj_dir)
+    if path is not None and not path.is_dir():
+        what = f"--proj_dir {proj_dir}" if path == proj_dir else f"{path} (in --proj_dir {proj_dir})"
+        raise UserError(f"{what} is a file, not a folder; choose a folder for --proj_dir")
 
 
 def _checkpoint_step(folder: Path) -> int | None:
