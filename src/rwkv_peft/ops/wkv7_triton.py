@@ -90,6 +90,13 @@ LOW_PRECISION = dict(chunk=True, prep=True)
 # bf16 when every product it enters rounds it to bf16 anyway (LOW_PRECISION), so backward's numbers are the same
 # either way; 2 MiB per 1.5B layer per 1K tokens.
 KEEP_INVERSE = True
+# The forward's prep also keeps what the backward walk reads, each chunk's A and Q (`_prep_kernel`), so that backward
+# runs no prep. A is kept as its diagonal e^gC in fp32 (decays near 1 to the chunk's power: bf16's 3 digits would
+# compound over the walk) and the rest, W^T b_d, in bf16 with Q (`KEPT_BF16`, under LOW_PRECISION's bf16 prep);
+# backward's prep, when it runs, makes the same, so backward's numbers do not depend on KEEP_PREP. 12.25 MiB per
+# 1.5B layer per 1K tokens (24.25 in fp32).
+KEEP_PREP = True
+KEPT_BF16 = True
 
 
 @cache
@@ -190,9 +197,10 @@ if triton is not None:
         return g, g - lw, gC, gC * 0.5
 
     @triton.jit
-    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, linv_ptr, T, NT,
+    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, linv_ptr,
+                     back_trans_ptr, back_diag_ptr, back_q_ptr, T, NT,
                      H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr, FWD: tl.constexpr,
-                     LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr):
+                     LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr, KEEP: tl.constexpr):
         """Grid (NT, B * H): everything of a chunk that does not depend on its start state S0, so that the walks
         over the chunks do one small product per chunk on their critical path:
             S1 = S0 A + Sv,   Y = Q S0^T + Yv                     (forward)
@@ -200,7 +208,9 @@ if triton is not None:
         With W = L^-1 (a e^g'), SAv = L^-1 M_ak V (so that SA = W S0^T + SAv) and the end decays
         b_d = b e^{gC-g}, k_d = k e^{gC-g}:
             A = diag(e^gC) + W^T b_d,   Sv = SAv^T b_d + V^T k_d,   Q = r e^g + M_rb W,   Yv = M_rb SAv + M_rk V.
-        Outputs fp32: trans (A) and sv [B * H, NT, N, N]; q and yv [B * H, NT, C, N]. FWD=False: A and Q only.
+        FWD outputs, fp32: trans (A) and sv [B * H, NT, N, N]; q and yv [B * H, NT, C, N]. What the backward walk
+        reads (FWD=False, or with KEEP the forward too, `KEEP_PREP`): A as back_diag [B * H, NT, N] fp32, its
+        diagonal e^gC, and back_trans [B * H, NT, N, N], the rest; Q as back_q [B * H, NT, C, N] (`_kept_dtype`).
         KEEP_INV: the forward stores L^-1 in linv [B * H, NT, C, C] and backward loads it (`KEEP_INVERSE`).
         LOWP: bf16 operands in every product but L's inverse. TERMS: see `_load_decay_ab`."""
         c, bh = tl.program_id(0), tl.program_id(1)
@@ -225,12 +235,18 @@ if triton is not None:
         W = _mm(Linv, a * tl.exp(gp), LOWP)
         tail = tl.exp(gC[None, :] - g)
         b_d = b * tail
-        diag = cols[:, None] == cols[None, :]
         state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
-        tl.store(trans_ptr + state_offs, tl.where(diag, tl.exp(gC)[None, :], 0.0) + _mm(tl.trans(W), b_d, LOWP))
         offs = (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]
-        tl.store(q_ptr + offs, r * tl.exp(g) + _mm(M_rb, W, LOWP))
+        A_rest = _mm(tl.trans(W), b_d, LOWP)
+        Q = r * tl.exp(g) + _mm(M_rb, W, LOWP)
+        if KEEP or not FWD:
+            tl.store(back_diag_ptr + (bh * NT + c) * N + cols, tl.exp(gC))
+            tl.store(back_trans_ptr + state_offs, A_rest.to(back_trans_ptr.dtype.element_ty))
+            tl.store(back_q_ptr + offs, Q.to(back_q_ptr.dtype.element_ty))
         if FWD:
+            diag = cols[:, None] == cols[None, :]
+            tl.store(trans_ptr + state_offs, tl.where(diag, tl.exp(gC)[None, :], 0.0) + A_rest)
+            tl.store(q_ptr + offs, Q)
             k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
             v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
             k_c = tl.trans(k * tl.exp(h[None, :] - g))
@@ -284,19 +300,22 @@ if triton is not None:
         tl.store(sT_ptr + bh * N * N + state_offs, S)
 
     @triton.jit
-    def _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, c, T, NT, rows, cols, vcols, ib, ih, H: tl.constexpr,
+    def _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, c, T, NT, rows, cols, vcols, ib, ih, H: tl.constexpr,
                    N: tl.constexpr, C: tl.constexpr):
-        """What the backward walk reads for chunk c: A^T [N, N], Q [C, N], dY [C, BV]."""
-        At = tl.load(trans_ptr + (bh * NT + c) * N * N + cols[None, :] * N + cols[:, None])
-        Q = tl.load(q_ptr + (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :])
+        """What the backward walk reads for chunk c, as fp32: A's diagonal [N] and the rest of A^T [N, N], Q
+        [C, N], dY [C, BV]."""
+        D = tl.load(diag_ptr + (bh * NT + c) * N + cols)
+        At = tl.load(trans_ptr + (bh * NT + c) * N * N + cols[None, :] * N + cols[:, None]).to(tl.float32)
+        Q = tl.load(q_ptr + (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]).to(tl.float32)
         dy, _, _ = _load_chunk(dy_ptr, c, T, rows, vcols, ib, ih, H, N, C)
-        return At, Q, dy
+        return D, At, Q, dy
 
     @triton.jit
-    def _bwd_state_kernel(trans_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
+    def _bwd_state_kernel(trans_ptr, diag_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
                           HAS_DST: tl.constexpr, PREFETCH: tl.constexpr):
-        """Grid (N // BV, B * H): the walk back, dS0 = dS1 A^T + dY^T Q (`_prep_kernel`). dstates
+        """Grid (N // BV, B * H): the walk back, dS0 = dS1 A^T + dY^T Q (`_prep_kernel`; A as its diagonal and the
+        rest, which backward's walk reads: dS1 A^T = dS1 diag(e^gC) + dS1 (W^T b_d)^T). dstates
         [B, H, NT, N, N] gets the gradient of each chunk's end state; ds0 the initial state's. PREFETCH as in
         `_fwd_kernel`."""
         iv, bh = tl.program_id(0), tl.program_id(1)
@@ -308,17 +327,20 @@ if triton is not None:
             dS = tl.load(dsT_ptr + bh * N * N + state_offs)
         else:
             dS = tl.zeros([BV, N], dtype=tl.float32)
-        At, Q, dy = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih, H, N, C)
+        D, At, Q, dy = _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih,
+                                  H, N, C)
         for i in range(NT):
             c = NT - 1 - i
             nc = tl.maximum(c - 1, 0)  # the first chunk reads itself again: in bounds, and unused
             if PREFETCH:
-                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N, C)
+                nxt = _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
+                                 C)
             tl.store(dstates_ptr + (bh * NT + c) * N * N + state_offs, dS)
-            dS = tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
+            dS = dS * D[None, :] + tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
             if not PREFETCH:
-                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N, C)
-            At, Q, dy = nxt
+                nxt = _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
+                                 C)
+            D, At, Q, dy = nxt
         tl.store(ds0_ptr + bh * N * N + state_offs, dS)
 
     @triton.jit
@@ -456,17 +478,35 @@ def _sizes(N: int) -> dict:
     return dict(N=N, C=CHUNK, LOG_C=CHUNK.bit_length() - 1)
 
 
-def _prep(r, log_w, k, v, a, b, linv: Tensor, NT: int, fwd: bool, terms: bool) -> list[Tensor]:
-    """A, Q (and with fwd Sv, Yv) of every chunk: `_prep_kernel`. linv: L^-1 of every chunk, written by the
-    forward and read by backward (`_inverse_shape`; empty: not kept)."""
+def _prep(r, log_w, k, v, a, b, linv: Tensor, NT: int, fwd: bool, terms: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """`_prep_kernel` on every chunk: with fwd A, Q, Sv, Yv for the forward walk, and what the backward walk reads
+    (`_kept_shapes`: with fwd only under `KEEP_PREP`, else empty). linv: L^-1 of every chunk, written by the forward
+    and read by backward (`_inverse_shape`; empty: not kept)."""
     B, T, H, N = r.shape
     f32 = dict(dtype=torch.float32, device=r.device)
-    A, Q = torch.empty(B * H, NT, N, N, **f32), torch.empty(B * H, NT, CHUNK, N, **f32)
-    Sv, Yv = (torch.empty_like(A), torch.empty_like(Q)) if fwd else (A, Q)
-    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, A, Q, Sv, Yv, linv, T, NT, H=H, FWD=fwd,
-                              LOWP=LOW_PRECISION["prep"], TERMS=terms, KEEP_INV=linv.numel() > 0,
+    keep = KEEP_PREP or not fwd
+    back = [torch.empty(shape, dtype=dtype, device=r.device) for shape, dtype in _kept_shapes(B, H, NT, N, keep)]
+    if fwd:
+        A, Q = torch.empty(B * H, NT, N, N, **f32), torch.empty(B * H, NT, CHUNK, N, **f32)
+        fwd_out = [A, Q, torch.empty_like(A), torch.empty_like(Q)]
+    else:
+        fwd_out = back[:1] * 4  # not written
+    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, *fwd_out, linv, *back, T, NT, H=H, FWD=fwd,
+                              LOWP=LOW_PRECISION["prep"], TERMS=terms, KEEP_INV=linv.numel() > 0, KEEP=keep,
                               num_warps=WARPS["prep"], **_sizes(N))
-    return [A, Q, Sv, Yv] if fwd else [A, Q]
+    return (fwd_out if fwd else []), back
+
+
+def _kept_dtype() -> torch.dtype:
+    return torch.bfloat16 if KEPT_BF16 and LOW_PRECISION["prep"] else torch.float32
+
+
+def _kept_shapes(B: int, H: int, NT: int, N: int, keep: bool) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of what the backward walk reads (`_prep_kernel`): the rest of A, A's diagonal, Q; each
+    (0,) when not kept."""
+    if not keep:
+        return [((0,), _kept_dtype()), ((0,), torch.float32), ((0,), _kept_dtype())]
+    return [((B * H, NT, N, N), _kept_dtype()), ((B * H, NT, N), torch.float32), ((B * H, NT, CHUNK, N), _kept_dtype())]
 
 
 def _state_dtype() -> torch.dtype:
@@ -492,14 +532,15 @@ def _inverse_dtype() -> torch.dtype:
 # crosses a graph break.
 @torch.library.custom_op("rwkv_peft::wkv7_triton_fwd", mutates_args=())
 def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s0: Optional[Tensor],
-         terms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+         terms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(r, log w, k, v, a, b) or with `terms` (r, w_raw, k, v, kk, iclr): `_load_decay_ab`. All [B, T, H, N],
     contiguous; s0 [B or 1, H, N, N] or None. Returns y [B, T, H, N], the final state sT [B, H, N, N] fp32, and
-    for backward the chunks' start states [B, H, NT, N, N] (`_state_dtype`) and their L^-1 (`_inverse_shape`)."""
+    for backward the chunks' start states [B, H, NT, N, N] (`_state_dtype`), their L^-1 (`_inverse_shape`) and
+    what the backward walk reads (`_kept_shapes`)."""
     B, T, H, N = r.shape
     NT = triton.cdiv(T, CHUNK)
     linv = r.new_empty(_inverse_shape(B, H, NT), dtype=_inverse_dtype())
-    A, Q, Sv, Yv = _prep(r, decay, k, v, a, b, linv, NT, fwd=True, terms=terms)
+    (A, Q, Sv, Yv), back = _prep(r, decay, k, v, a, b, linv, NT, fwd=True, terms=terms)
     y = torch.empty_like(r)
     states = torch.empty(B, H, NT, N, N, dtype=_state_dtype(), device=r.device)
     sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
@@ -508,7 +549,7 @@ def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
                                           BV=VALUE_BLOCK, HAS_S0=s0 is not None,
                                           PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                           num_warps=WARPS["fwd"], num_stages=STAGES)
-    return y, sT, states, linv
+    return y, sT, states, linv, *back
 
 
 @_fwd.register_fake
@@ -517,7 +558,8 @@ def _(r, decay, k, v, a, b, s0, terms):
     NT = -(-T // CHUNK)
     return (torch.empty_like(r), r.new_empty(B, H, N, N, dtype=torch.float32),
             r.new_empty(B, H, NT, N, N, dtype=_state_dtype()), r.new_empty(_inverse_shape(B, H, NT),
-                                                                            dtype=_inverse_dtype()))
+                                                                            dtype=_inverse_dtype()),
+            *(r.new_empty(shape, dtype=dtype) for shape, dtype in _kept_shapes(B, H, NT, N, KEEP_PREP)))
 
 
 def forward_flops(B: int, T: int, H: int, N: int, C: int = CHUNK) -> int:
@@ -539,22 +581,24 @@ def _fwd_flops(r_shape, *args, **kwargs) -> int:
 
 @torch.library.custom_op("rwkv_peft::wkv7_triton_bwd", mutates_args=())
 def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, states: Tensor, linv: Tensor,
-         dy: Tensor, dsT: Optional[Tensor], terms: bool
+         back_trans: Tensor, back_diag: Tensor, back_q: Tensor, dy: Tensor, dsT: Optional[Tensor], terms: bool
          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `_fwd`'s inputs (r, decay, k, v, a, b, and the start state's [B, H, N, N] fp32) from dy and
-    dsT (None: zero); states and linv as `_fwd` returned them."""
+    dsT (None: zero); states, linv and the back_ tensors as `_fwd` returned them (those empty: the prep runs again)."""
     B, T, H, N = r.shape
     NT = states.shape[2]
-    A, Q = _prep(r, decay, k, v, a, b, linv, NT, fwd=False, terms=terms)
+    if back_diag.numel() == 0:
+        _, (back_trans, back_diag, back_q) = _prep(r, decay, k, v, a, b, linv, NT, fwd=False, terms=terms)
     dy = dy.contiguous()
     dstates = torch.empty_like(states, dtype=torch.float32)
     ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
     dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
-    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
+    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](back_trans, back_diag, back_q, dy, dsT_arg, dstates, ds0, T, NT,
+                                                H=H, N=N,
                                                 C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
                                                 PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                                 num_warps=WARPS["state"], num_stages=STAGES)
-    del A, Q
+    del back_trans, back_diag, back_q
     dr, ddecay, dk, dv, da, db = (torch.empty_like(x) for x in (r, decay, k, v, a, b))
     # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
     lowp = LOW_PRECISION["chunk"]
@@ -570,28 +614,27 @@ def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
 
 
 @_bwd.register_fake
-def _(r, decay, k, v, a, b, states, linv, dy, dsT, terms):
+def _(r, decay, k, v, a, b, states, linv, back_trans, back_diag, back_q, dy, dsT, terms):
     B, T, H, N = r.shape
     return (*(torch.empty_like(x) for x in (r, decay, k, v, a, b)), r.new_empty(B, H, N, N, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
     r, decay, k, v, a, b, s0, terms = inputs
-    states, linv = output[2:]
-    ctx.save_for_backward(r, decay, k, v, a, b, states, linv)
+    kept = output[2:]   # states, linv, back_trans, back_diag, back_q
+    ctx.save_for_backward(r, decay, k, v, a, b, *kept)
     ctx.terms = terms
     ctx.s0_batch = None if s0 is None else s0.shape[0]
-    ctx.mark_non_differentiable(states, linv)
+    ctx.mark_non_differentiable(*kept)
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no [B, H, N, N] of zeros
 
 
 def _backward(ctx, dy, dsT, *_):
-    r, decay, k, v, a, b, states, linv = ctx.saved_tensors
-    dy = torch.zeros_like(r) if dy is None else dy
-    *grads, ds0 = _bwd(r, decay, k, v, a, b, states, linv, dy, dsT, ctx.terms)
+    dy = torch.zeros_like(ctx.saved_tensors[0]) if dy is None else dy
+    *grads, ds0 = _bwd(*ctx.saved_tensors, dy, dsT, ctx.terms)
     dstate = None
     if ctx.s0_batch is not None:
-        dstate = ds0 if ctx.s0_batch == r.shape[0] else ds0.sum(0, keepdim=True)
+        dstate = ds0 if ctx.s0_batch == dy.shape[0] else ds0.sum(0, keepdim=True)
     return *grads, dstate, None
 
 
