@@ -197,10 +197,9 @@ if triton is not None:
         return g, g - lw, gC, gC * 0.5
 
     @triton.jit
-    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, linv_ptr,
-                     back_trans_ptr, back_diag_ptr, back_q_ptr, T, NT,
-                     H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr, FWD: tl.constexpr,
-                     LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr, KEEP: tl.constexpr):
+    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, diag_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr,
+                     linv_ptr, T, NT, H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
+                     FWD: tl.constexpr, LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr):
         """Grid (NT, B * H): everything of a chunk that does not depend on its start state S0, so that the walks
         over the chunks do one small product per chunk on their critical path:
             S1 = S0 A + Sv,   Y = Q S0^T + Yv                     (forward)
@@ -208,9 +207,9 @@ if triton is not None:
         With W = L^-1 (a e^g'), SAv = L^-1 M_ak V (so that SA = W S0^T + SAv) and the end decays
         b_d = b e^{gC-g}, k_d = k e^{gC-g}:
             A = diag(e^gC) + W^T b_d,   Sv = SAv^T b_d + V^T k_d,   Q = r e^g + M_rb W,   Yv = M_rb SAv + M_rk V.
-        FWD outputs, fp32: trans (A) and sv [B * H, NT, N, N]; q and yv [B * H, NT, C, N]. What the backward walk
-        reads (FWD=False, or with KEEP the forward too, `KEEP_PREP`): A as back_diag [B * H, NT, N] fp32, its
-        diagonal e^gC, and back_trans [B * H, NT, N, N], the rest; Q as back_q [B * H, NT, C, N] (`_kept_dtype`).
+        Outputs: A as diag [B * H, NT, N] fp32, its diagonal e^gC, and trans [B * H, NT, N, N], the rest
+        W^T b_d; Q as q [B * H, NT, C, N] (those two `_kept_dtype`: the forward may keep all three for backward's
+        walk, `KEEP_PREP`); FWD: sv [B * H, NT, N, N] and yv [B * H, NT, C, N] fp32 too.
         KEEP_INV: the forward stores L^-1 in linv [B * H, NT, C, C] and backward loads it (`KEEP_INVERSE`).
         LOWP: bf16 operands in every product but L's inverse. TERMS: see `_load_decay_ab`."""
         c, bh = tl.program_id(0), tl.program_id(1)
@@ -237,16 +236,10 @@ if triton is not None:
         b_d = b * tail
         state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
         offs = (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]
-        A_rest = _mm(tl.trans(W), b_d, LOWP)
-        Q = r * tl.exp(g) + _mm(M_rb, W, LOWP)
-        if KEEP or not FWD:
-            tl.store(back_diag_ptr + (bh * NT + c) * N + cols, tl.exp(gC))
-            tl.store(back_trans_ptr + state_offs, A_rest.to(back_trans_ptr.dtype.element_ty))
-            tl.store(back_q_ptr + offs, Q.to(back_q_ptr.dtype.element_ty))
+        tl.store(diag_ptr + (bh * NT + c) * N + cols, tl.exp(gC))
+        tl.store(trans_ptr + state_offs, _mm(tl.trans(W), b_d, LOWP).to(trans_ptr.dtype.element_ty))
+        tl.store(q_ptr + offs, (r * tl.exp(g) + _mm(M_rb, W, LOWP)).to(q_ptr.dtype.element_ty))
         if FWD:
-            diag = cols[:, None] == cols[None, :]
-            tl.store(trans_ptr + state_offs, tl.where(diag, tl.exp(gC)[None, :], 0.0) + A_rest)
-            tl.store(q_ptr + offs, Q)
             k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
             v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
             k_c = tl.trans(k * tl.exp(h[None, :] - g))
@@ -257,23 +250,26 @@ if triton is not None:
             tl.store(yv_ptr + offs, _mm(M_rb, SAv, LOWP) + _mm(M_rk, v, LOWP))
 
     @triton.jit
-    def _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, c, NT, rows, cols, vcols, state_offs, N: tl.constexpr,
-                   C: tl.constexpr):
-        """What the forward walk reads for chunk c: A [N, N], Sv [BV, N], Q [C, N], Yv [C, BV]."""
+    def _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, c, NT, rows, cols, vcols, state_offs,
+                   N: tl.constexpr, C: tl.constexpr):
+        """What the forward walk reads for chunk c, as fp32: A's diagonal [N] and the rest of A [N, N], Sv [BV, N],
+        Q [C, N], Yv [C, BV]."""
         chunk_states = (bh * NT + c) * N * N
         prep = (bh * NT + c) * C * N + rows[:, None] * N
-        return (tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :]),
-                tl.load(sv_ptr + chunk_states + state_offs), tl.load(q_ptr + prep + cols[None, :]),
+        return (tl.load(diag_ptr + (bh * NT + c) * N + cols),
+                tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :]).to(tl.float32),
+                tl.load(sv_ptr + chunk_states + state_offs), tl.load(q_ptr + prep + cols[None, :]).to(tl.float32),
                 tl.load(yv_ptr + prep + vcols[None, :]))
 
     @triton.jit
-    def _fwd_kernel(v_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
+    def _fwd_kernel(v_ptr, diag_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
                     H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr,
                     PREFETCH: tl.constexpr):
         """Grid (N // BV, B * H): the walk over the chunks, value rows vcols of one head:
-        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] get each chunk's start
-        state (`_state_dtype`); sT the final one. PREFETCH issues the next chunk's loads
-        before this chunk's products, so that their latency overlaps the step's work on the critical path."""
+        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`; S0 A = S0 diag(e^gC) + S0 (W^T b_d)). States
+        [B, H, NT, N, N] get each chunk's start state (`_state_dtype`); sT the final one. PREFETCH issues the next
+        chunk's loads before this chunk's products, so that their latency overlaps the step's work on the critical
+        path."""
         iv, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -283,24 +279,27 @@ if triton is not None:
             S = tl.load(s0_ptr + bh * N * N + state_offs)
         else:
             S = tl.zeros([BV, N], dtype=tl.float32)
-        A, Sv, Q, Yv = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, 0, NT, rows, cols, vcols, state_offs, N, C)
+        D, A, Sv, Q, Yv = _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, 0, NT, rows, cols, vcols,
+                                     state_offs, N, C)
         for c in range(NT):
             nc = tl.minimum(c + 1, NT - 1)  # the last chunk reads itself again: in bounds, and unused
             if PREFETCH:
-                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols, state_offs, N, C)
+                nxt = _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols,
+                                 state_offs, N, C)
             tl.store(states_ptr + (bh * NT + c) * N * N + state_offs, S.to(states_ptr.dtype.element_ty))
             t = c * C + rows
             y_offs = ((ib * T + t) * H + ih)[:, None] * N + vcols[None, :]
             y = tl.dot(Q, tl.trans(S)) + Yv
             tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=(t < T)[:, None])
-            S = tl.dot(S, A) + Sv
+            S = S * D[None, :] + tl.dot(S, A) + Sv
             if not PREFETCH:
-                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols, state_offs, N, C)
-            A, Sv, Q, Yv = nxt
+                nxt = _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols,
+                                 state_offs, N, C)
+            D, A, Sv, Q, Yv = nxt
         tl.store(sT_ptr + bh * N * N + state_offs, S)
 
     @triton.jit
-    def _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, c, T, NT, rows, cols, vcols, ib, ih, H: tl.constexpr,
+    def _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, c, T, NT, rows, cols, vcols, ib, ih, H: tl.constexpr,
                    N: tl.constexpr, C: tl.constexpr):
         """What the backward walk reads for chunk c, as fp32: A's diagonal [N] and the rest of A^T [N, N], Q
         [C, N], dY [C, BV]."""
@@ -311,7 +310,7 @@ if triton is not None:
         return D, At, Q, dy
 
     @triton.jit
-    def _bwd_state_kernel(trans_ptr, diag_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
+    def _bwd_state_kernel(diag_ptr, trans_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
                           HAS_DST: tl.constexpr, PREFETCH: tl.constexpr):
         """Grid (N // BV, B * H): the walk back, dS0 = dS1 A^T + dY^T Q (`_prep_kernel`; A as its diagonal and the
@@ -327,18 +326,18 @@ if triton is not None:
             dS = tl.load(dsT_ptr + bh * N * N + state_offs)
         else:
             dS = tl.zeros([BV, N], dtype=tl.float32)
-        D, At, Q, dy = _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih,
+        D, At, Q, dy = _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih,
                                   H, N, C)
         for i in range(NT):
             c = NT - 1 - i
             nc = tl.maximum(c - 1, 0)  # the first chunk reads itself again: in bounds, and unused
             if PREFETCH:
-                nxt = _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
+                nxt = _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
                                  C)
             tl.store(dstates_ptr + (bh * NT + c) * N * N + state_offs, dS)
             dS = dS * D[None, :] + tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
             if not PREFETCH:
-                nxt = _bwd_loads(trans_ptr, diag_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
+                nxt = _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
                                  C)
             D, At, Q, dy = nxt
         tl.store(ds0_ptr + bh * N * N + state_offs, dS)
@@ -478,35 +477,24 @@ def _sizes(N: int) -> dict:
     return dict(N=N, C=CHUNK, LOG_C=CHUNK.bit_length() - 1)
 
 
-def _prep(r, log_w, k, v, a, b, linv: Tensor, NT: int, fwd: bool, terms: bool) -> tuple[list[Tensor], list[Tensor]]:
-    """`_prep_kernel` on every chunk: with fwd A, Q, Sv, Yv for the forward walk, and what the backward walk reads
-    (`_kept_shapes`: with fwd only under `KEEP_PREP`, else empty). linv: L^-1 of every chunk, written by the forward
-    and read by backward (`_inverse_shape`; empty: not kept)."""
+def _prep(r, log_w, k, v, a, b, linv: Tensor, NT: int, fwd: bool, terms: bool) -> list[Tensor]:
+    """`_prep_kernel` on every chunk: A (its diagonal and the rest) and Q (`_prep_shapes`), and with fwd Sv and Yv.
+    linv: L^-1 of every chunk, written by the forward and read by backward (`_inverse_shape`; empty: not kept)."""
     B, T, H, N = r.shape
-    f32 = dict(dtype=torch.float32, device=r.device)
-    keep = KEEP_PREP or not fwd
-    back = [torch.empty(shape, dtype=dtype, device=r.device) for shape, dtype in _kept_shapes(B, H, NT, N, keep)]
-    if fwd:
-        A, Q = torch.empty(B * H, NT, N, N, **f32), torch.empty(B * H, NT, CHUNK, N, **f32)
-        fwd_out = [A, Q, torch.empty_like(A), torch.empty_like(Q)]
-    else:
-        fwd_out = back[:1] * 4  # not written
-    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, *fwd_out, linv, *back, T, NT, H=H, FWD=fwd,
-                              LOWP=LOW_PRECISION["prep"], TERMS=terms, KEEP_INV=linv.numel() > 0, KEEP=keep,
+    D, A, Q = (torch.empty(shape, dtype=dtype, device=r.device) for shape, dtype in _prep_shapes(B, H, NT, N))
+    Sv, Yv = (torch.empty_like(A, dtype=torch.float32), torch.empty_like(Q, dtype=torch.float32)) if fwd else (A, Q)
+    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, D, A, Q, Sv, Yv, linv, T, NT, H=H, FWD=fwd,
+                              LOWP=LOW_PRECISION["prep"], TERMS=terms, KEEP_INV=linv.numel() > 0,
                               num_warps=WARPS["prep"], **_sizes(N))
-    return (fwd_out if fwd else []), back
+    return [D, A, Q, Sv, Yv] if fwd else [D, A, Q]
 
 
-def _kept_dtype() -> torch.dtype:
-    return torch.bfloat16 if KEPT_BF16 and LOW_PRECISION["prep"] else torch.float32
-
-
-def _kept_shapes(B: int, H: int, NT: int, N: int, keep: bool) -> list[tuple[tuple[int, ...], torch.dtype]]:
-    """Shapes and dtypes of what the backward walk reads (`_prep_kernel`): the rest of A, A's diagonal, Q; each
-    (0,) when not kept."""
-    if not keep:
-        return [((0,), _kept_dtype()), ((0,), torch.float32), ((0,), _kept_dtype())]
-    return [((B * H, NT, N, N), _kept_dtype()), ((B * H, NT, N), torch.float32), ((B * H, NT, CHUNK, N), _kept_dtype())]
+def _prep_shapes(B: int, H: int, NT: int, N: int, kept: bool = True) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of A's diagonal, the rest of A, and Q (`_prep_kernel`); with kept=False, (0,) each: what
+    `_fwd` returns for them without `KEEP_PREP`."""
+    kept_dtype = torch.bfloat16 if KEPT_BF16 and LOW_PRECISION["prep"] else torch.float32
+    shapes = [(B * H, NT, N), (B * H, NT, N, N), (B * H, NT, CHUNK, N)] if kept else [(0,)] * 3
+    return list(zip(shapes, (torch.float32, kept_dtype, kept_dtype)))
 
 
 def _state_dtype() -> torch.dtype:
@@ -540,16 +528,18 @@ def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     B, T, H, N = r.shape
     NT = triton.cdiv(T, CHUNK)
     linv = r.new_empty(_inverse_shape(B, H, NT), dtype=_inverse_dtype())
-    (A, Q, Sv, Yv), back = _prep(r, decay, k, v, a, b, linv, NT, fwd=True, terms=terms)
+    D, A, Q, Sv, Yv = _prep(r, decay, k, v, a, b, linv, NT, fwd=True, terms=terms)
     y = torch.empty_like(r)
     states = torch.empty(B, H, NT, N, N, dtype=_state_dtype(), device=r.device)
     sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
     s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
-    _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
+    _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, D, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
                                           BV=VALUE_BLOCK, HAS_S0=s0 is not None,
                                           PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                           num_warps=WARPS["fwd"], num_stages=STAGES)
-    return y, sT, states, linv, *back
+    kept = (D, A, Q) if KEEP_PREP else (r.new_empty(shape, dtype=dtype) for shape, dtype in _prep_shapes(0, 0, 0, 0,
+                                                                                                         False))
+    return y, sT, states, linv, *kept
 
 
 @_fwd.register_fake
@@ -559,7 +549,7 @@ def _(r, decay, k, v, a, b, s0, terms):
     return (torch.empty_like(r), r.new_empty(B, H, N, N, dtype=torch.float32),
             r.new_empty(B, H, NT, N, N, dtype=_state_dtype()), r.new_empty(_inverse_shape(B, H, NT),
                                                                             dtype=_inverse_dtype()),
-            *(r.new_empty(shape, dtype=dtype) for shape, dtype in _kept_shapes(B, H, NT, N, KEEP_PREP)))
+            *(r.new_empty(shape, dtype=dtype) for shape, dtype in _prep_shapes(B, H, NT, N, KEEP_PREP)))
 
 
 def forward_flops(B: int, T: int, H: int, N: int, C: int = CHUNK) -> int:
@@ -581,24 +571,24 @@ def _fwd_flops(r_shape, *args, **kwargs) -> int:
 
 @torch.library.custom_op("rwkv_peft::wkv7_triton_bwd", mutates_args=())
 def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, states: Tensor, linv: Tensor,
-         back_trans: Tensor, back_diag: Tensor, back_q: Tensor, dy: Tensor, dsT: Optional[Tensor], terms: bool
+         kept_diag: Tensor, kept_rest: Tensor, kept_q: Tensor, dy: Tensor, dsT: Optional[Tensor], terms: bool
          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `_fwd`'s inputs (r, decay, k, v, a, b, and the start state's [B, H, N, N] fp32) from dy and
-    dsT (None: zero); states, linv and the back_ tensors as `_fwd` returned them (those empty: the prep runs again)."""
+    dsT (None: zero); states, linv and A and Q as `_fwd` returned them (those empty: the prep runs again)."""
     B, T, H, N = r.shape
     NT = states.shape[2]
-    if back_diag.numel() == 0:
-        _, (back_trans, back_diag, back_q) = _prep(r, decay, k, v, a, b, linv, NT, fwd=False, terms=terms)
+    D, A, Q = (kept_diag, kept_rest, kept_q) if kept_diag.numel() else _prep(r, decay, k, v, a, b, linv, NT, False,
+                                                                             terms)
     dy = dy.contiguous()
     dstates = torch.empty_like(states, dtype=torch.float32)
     ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
     dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
-    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](back_trans, back_diag, back_q, dy, dsT_arg, dstates, ds0, T, NT,
+    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](D, A, Q, dy, dsT_arg, dstates, ds0, T, NT,
                                                 H=H, N=N,
                                                 C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
                                                 PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                                 num_warps=WARPS["state"], num_stages=STAGES)
-    del back_trans, back_diag, back_q
+    del D, A, Q, kept_diag, kept_rest, kept_q   # (the kept ones still live in autograd's saved tensors)
     dr, ddecay, dk, dv, da, db = (torch.empty_like(x) for x in (r, decay, k, v, a, b))
     # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
     lowp = LOW_PRECISION["chunk"]
@@ -614,14 +604,14 @@ def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
 
 
 @_bwd.register_fake
-def _(r, decay, k, v, a, b, states, linv, back_trans, back_diag, back_q, dy, dsT, terms):
+def _(r, decay, k, v, a, b, states, linv, kept_diag, kept_rest, kept_q, dy, dsT, terms):
     B, T, H, N = r.shape
     return (*(torch.empty_like(x) for x in (r, decay, k, v, a, b)), r.new_empty(B, H, N, N, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
     r, decay, k, v, a, b, s0, terms = inputs
-    kept = output[2:]   # states, linv, back_trans, back_diag, back_q
+    kept = output[2:]   # states, linv, and A and Q (`_prep_shapes`)
     ctx.save_for_backward(r, decay, k, v, a, b, *kept)
     ctx.terms = terms
     ctx.s0_batch = None if s0 is None else s0.shape[0]
