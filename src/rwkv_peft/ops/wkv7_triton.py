@@ -1,12 +1,11 @@
 """The "triton" backend: WKV-7 in chunks, with this project's own Triton kernels.
 
-Why another kernel when fla has one: at the shapes fine-tuning runs (1.5B at ctx 1024: B x H = 32 heads of one
-sequence) fla's dozen kernels per layer are latency-bound, and fla keeps ~66 MB of intermediates per layer per 1K
-tokens for its backward. These kernels keep only each chunk's start state and its L^-1 (10 MiB per 1.5B layer per 1K
-tokens, in bf16), and the sequential walks over the chunks split every head's value rows over several programs (the
-rows of S never mix), so even one sequence fills more of the GPU. They launch on torch's current stream, so CUDA
-graphs capture them, and are torch operators (`_fwd`, `_bwd`), so torch.compile traces them into the caller's graph
-without a break.
+Why another kernel when fla has one: at the shapes fine-tuning runs (1.5B at ctx 1024: B x H = 32 heads of one sequence)
+fla's dozen kernels per layer are latency-bound, and fla keeps ~66 MB of intermediates per layer per 1K tokens for its
+backward. These kernels keep each chunk's start state, its L^-1 and its A and Q (22.25 MiB per 1.5B layer per 1K tokens,
+mostly bf16), and the sequential walks over the chunks split every head's value rows over several programs (the rows of
+S never mix), so even one sequence fills more of the GPU. They launch on torch's current stream, so CUDA graphs capture
+them, and are torch operators (`_fwd`, `_bwd`), so torch.compile traces them into the caller's graph without a break.
 
 The math, per head and chunk of C tokens (shapes [C, N] unless noted; S is [N(value), N(key)]; the same
 function as `wkv7_chunked`, whose docstring derives it). With g = cumsum(log w) inside the chunk, g' = g - log w
@@ -24,8 +23,8 @@ M is computed as one product of decayed factors, (x e^{g_x - gC/2}) (y e^{gC/2 -
 
 The kernels:
 - prep, per chunk (all chunks in parallel): what does not depend on the chunk's start state, so that each walk
-  does one small product per chunk (`_prep_kernel`); run again in backward for A and Q rather than keep them
-  (24 MiB per 1.5B layer per 1K tokens), but from the forward's L^-1 (2 MiB, `KEEP_INVERSE`);
+  does one small product per chunk (`_prep_kernel`); A and Q are kept for the backward walk (12.25 MiB per 1.5B
+  layer per 1K tokens, `KEEP_PREP`) and L^-1 for the per-chunk backward (2 MiB, `KEEP_INVERSE`);
 - forward walk: per (head, block of value rows), over the chunks: stores Y and each chunk's start state S0;
 - backward walk: the same, back: dS0 = dY^T r e^g + dS1 e^gC + drhs^T a e^g' with drhs = L^-T (M_rb^T dY +
   b e^{gC-g} dS1^T); stores each chunk's end-state gradient dS1 and returns dS0 of the first chunk (the initial
@@ -38,17 +37,16 @@ The kernels:
 RWKV-7's model passes its own terms (`ops.wkv7_terms`: w_raw, kk, iclr) and the kernels form log w, a and b as they
 load a chunk (`_load_decay_ab`), so that backward keeps tensors the model's compiled graph keeps anyway.
 
-Measured on an H200, GPU time per layer, forward + backward: 0.316 ms at B=1, T=1024, H=32 and 7.85 ms at B=8,
-T=4096 with the kept inverse, 0.343 and 8.77 without (bench/results/2026-12-04-h200-session23.md); fla 0.340 and
-7.43 (sessions 13, 16); the stable inverse (session 19) cost 2-3% of the time: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms
-in one run. In session 13's trainer at 1.5B LoRA ctx 1024 it was 2.3% faster than fla with 2.15 GiB less (34.2
-against 33.4 Kt/s); 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp in 76 GiB (37.7% MFU, session 15), where fla
-would need ~60 GiB more (32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
+Measured on an H200, GPU time per layer, forward + backward: 0.278 ms at B=1, T=1024, H=32 and 7.28 ms at B=8, T=4096
+with A and Q kept, 0.312 and 7.80 without (session 27); with the kept inverse 0.316 and 7.85, 0.343 and 8.77 without it
+(bench/results/2026-12-04-h200-session23.md); fla 0.340 and 7.43 (sessions 13, 16); the stable inverse (session 19) cost
+2-3% of the time: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms in one run. In session 13's trainer at 1.5B LoRA ctx 1024 it was
+2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s); 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp in
+76 GiB (37.7% MFU, session 15), where fla would need ~60 GiB more (32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
 "auto" runs RWKV-7's model on them (`auto_runs_terms`) since session 22: at 1.5B ctx 1024 on an H200 the trainer ran
-LoRA at 36.14 Kt/s in 6.84 GiB (nvidia-smi peak) against fla's 34.26 in 9.43, State tuning 46.83 / 5.66 against
-42.30 / 7.97, and they need no first-use autotuning (fla's took ~300 s): bench/results/2026-12-04-h200-session22.md.
-Plain `ops.wkv7` under "auto" (no terms: other callers) keeps fla.
-"""
+LoRA at 36.14 Kt/s in 6.84 GiB (nvidia-smi peak) against fla's 34.26 in 9.43, State tuning 46.83 / 5.66 against 42.30 /
+7.97, and they need no first-use autotuning (fla's took ~300 s): bench/results/2026-12-04-h200-session22.md. Plain
+`ops.wkv7` under "auto" (no terms: other callers) keeps fla."""
 
 from functools import cache
 from typing import Optional
@@ -94,7 +92,9 @@ KEEP_INVERSE = True
 # runs no prep. A is kept as its diagonal e^gC in fp32 (decays near 1 to the chunk's power: bf16's 3 digits would
 # compound over the walk) and the rest, W^T b_d, in bf16 with Q (`KEPT_BF16`, under LOW_PRECISION's bf16 prep);
 # backward's prep, when it runs, makes the same, so backward's numbers do not depend on KEEP_PREP. 12.25 MiB per
-# 1.5B layer per 1K tokens (24.25 in fp32).
+# 1.5B layer per 1K tokens (24.25 in fp32). H200, same call: the kernels 0.312 -> 0.278 ms per layer at 1 x 1024 x 32,
+# 7.80 -> 7.28 at 8 x 4096; the trainer at 1.5B LoRA ctx 1024 37.82-37.87 -> 39.02-39.04 Kt/s, smi peak 6.60-6.64 ->
+# 6.88 GiB; the initial state's gradient 7.3e-4 -> 1.8e-3 from the fp32 reference (fla's 1.8e-3; session 27).
 KEEP_PREP = True
 KEPT_BF16 = True
 
