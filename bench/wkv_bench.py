@@ -48,8 +48,9 @@ def ours_fwd_bwd(opts: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: tor
 
     # Every variant starts from the module's defaults: settings named in the variant replace them.
     if not _OURS_DEFAULTS:
-        names = ("CHUNK", "VALUE_BLOCK", "WARPS", "STAGES", "PREFETCH", "LOW_PRECISION", "KEEP_INVERSE")
-        _OURS_DEFAULTS.update({n: getattr(ours, n) for n in names})
+        names = ("CHUNK", "VALUE_BLOCK", "WARPS", "STAGES", "PREFETCH", "LOW_PRECISION", "KEEP_INVERSE", "KEEP_PREP",
+                 "KEPT_BF16")
+        _OURS_DEFAULTS.update({n: getattr(ours, n, None) for n in names})  # (older copies lack some)
     defaults = _OURS_DEFAULTS
     ours.CHUNK, ours.VALUE_BLOCK = opts.get("C", defaults["CHUNK"]), opts.get("BV", defaults["VALUE_BLOCK"])
     ours.WARPS = {kernel: opts.get(kernel, n) for kernel, n in defaults["WARPS"].items()}
@@ -58,6 +59,8 @@ def ours_fwd_bwd(opts: dict, args: list[torch.Tensor], gy: torch.Tensor, gs: tor
     ours.LOW_PRECISION = {kernel: bool(opts.get("low" + kernel, on))
                           for kernel, on in defaults["LOW_PRECISION"].items()}
     ours.KEEP_INVERSE = bool(opts.get("keepinv", defaults["KEEP_INVERSE"]))
+    ours.KEEP_PREP = bool(opts.get("keepprep", defaults["KEEP_PREP"]))
+    ours.KEPT_BF16 = bool(opts.get("keptbf16", defaults["KEPT_BF16"]))
     r, log_w, k, v, a, b, s0 = args
     if opts.get("terms"):
         y, s = ours.wkv7_triton_terms(r, k=k, v=v, state=s0.transpose(-1, -2), **as_terms(log_w, a, b))
@@ -155,7 +158,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="1x1024x32,8x4096x32,1x1024x12,1x65536x32", help="BxTxH, comma-separated")
     ap.add_argument("--variants", default="safe64,safe64-norecompute", help=", ".join(VARIANTS)
                     + ", triton[:C=../BV=../prep=../fwd=../state=../values=../factors=../stages=.."
-                      "/lowchunk=0|1/lowprep=0|1/prefetch=0|1/keepinv=0|1/terms=0|1]")
+                      "/lowchunk=0|1/lowprep=0|1/prefetch=0|1/keepinv=0|1/keepprep=0|1/keptbf16=0|1"
+                      "/terms=0|1]")
     ap.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per call")
     args = ap.parse_args()
     print("| shape B,T,H | variant | ms fwd+bwd (wall) | ms GPU | rel err y | rel err dstate0 | worst other grad |")

@@ -25,7 +25,7 @@ from rwkv_peft.ops import wkv7_triton as ours
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 # The wrapper's bf16 tensors with the default bf16 products (LOW_PRECISION): inputs, outputs, kept states, scratch.
 BF16_ARGS = ("r_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "dy_ptr", "y_ptr", "states_ptr", "sa_ptr", "drhs_ptr",
-             "linv_ptr", "dr_ptr", "dk_ptr", "dv_ptr", "da_ptr", "db_ptr")
+             "linv_ptr", "trans_ptr", "q_ptr", "dr_ptr", "dk_ptr", "dv_ptr", "da_ptr", "db_ptr")
 
 
 # With TERMS (what the model runs) the log-decay slot holds w_raw and its gradient, in the model's bf16.

@@ -1,10 +1,10 @@
-"""The "triton" backend's kernels on the CPU, through Triton's interpreter (TRITON_INTERPRET=1), against the exact
-per-step recurrence in float64: the kernels' own arithmetic with fp32 products, every output and gradient, at lengths
-that end mid-chunk, with several chunks, a batch and an initial state, the walks with and without prefetch; both
-entry points, log w, a, b and RWKV-7's terms w_raw, kk, iclr (against the recurrence of log w, a, b formed from
-them), backward with the forward's chunk inverses and without. Needs the `triton` package (CUDA builds of torch carry
-it; `pip install triton` on a CPU machine); skipped without it. The GPU tests (test_wkv7_triton_gpu.py) check the
-bf16 products the backend runs by default."""
+"""The "triton" backend's kernels on the CPU, through Triton's interpreter (TRITON_INTERPRET=1), against the exact per-
+step recurrence in float64: the kernels' own arithmetic with fp32 products, every output and gradient, at lengths that
+end mid-chunk, with several chunks, a batch and an initial state, the walks with and without prefetch; both entry
+points, log w, a, b and RWKV-7's terms w_raw, kk, iclr (against the recurrence of log w, a, b formed from them),
+backward with the forward's chunk inverses and prep and without. Needs the `triton` package (CUDA builds of torch carry
+it; `pip install triton` on a CPU machine); skipped without it. The GPU tests (test_wkv7_triton_gpu.py) check the bf16
+products the backend runs by default."""
 
 import os
 import subprocess
@@ -52,6 +52,7 @@ CHECK = PRELUDE + textwrap.dedent("""
     wkv7_triton.LOW_PRECISION = dict(chunk=False, prep=False)
     wkv7_triton.PREFETCH = sys.argv[4] == "prefetch"
     wkv7_triton.KEEP_INVERSE = sys.argv[5] == "kept"
+    wkv7_triton.KEEP_PREP = sys.argv[6] == "kept"
     B, T, H, N, terms = int(sys.argv[1]), int(sys.argv[2]), 2, 16, sys.argv[3] == "terms"
     g = torch.Generator().manual_seed(T)
     rn = lambda *s: torch.randn(*s, generator=g)
@@ -85,13 +86,15 @@ CHECK = PRELUDE + textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("B,T,inputs,walks,inverse", [
-    (1, 1, "wab", "prefetch", "kept"), (2, 45, "wab", "plain", "kept"), (2, 45, "wab", "plain", "inverted again"),
-    (1, 100, "wab", "prefetch", "kept"), (2, 45, "terms", "prefetch", "kept"), (1, 100, "terms", "plain", "kept"),
-    (1, 100, "repeat", "plain", "kept"), (1, 100, "repeat", "plain", "inverted again")])
-def test_kernels_match_the_recurrence_in_the_interpreter(B, T, inputs, walks, inverse):
-    """inverse: whether backward takes the forward's L^-1 (`KEEP_INVERSE`) or inverts L again."""
-    assert _interpret(CHECK, str(B), str(T), inputs, walks, inverse) < FP32_TOL
+@pytest.mark.parametrize("B,T,inputs,walks,inverse,prep", [
+    (1, 1, "wab", "prefetch", "kept", "kept"), (2, 45, "wab", "plain", "kept", "kept"),
+    (2, 45, "wab", "plain", "inverted again", "run again"), (1, 100, "wab", "prefetch", "kept", "run again"),
+    (2, 45, "terms", "prefetch", "kept", "kept"), (1, 100, "terms", "plain", "kept", "kept"),
+    (1, 100, "repeat", "plain", "kept", "kept"), (1, 100, "repeat", "plain", "inverted again", "run again")])
+def test_kernels_match_the_recurrence_in_the_interpreter(B, T, inputs, walks, inverse, prep):
+    """inverse: whether backward takes the forward's L^-1 (`KEEP_INVERSE`) or inverts L again; prep: whether it
+    takes the forward's A and Q (`KEEP_PREP`) or runs the prep again."""
+    assert _interpret(CHECK, str(B), str(T), inputs, walks, inverse, prep) < FP32_TOL
 
 
 # Under torch.compile the model's WKV (through `ops.wkv7_terms`) is traced as the backend's two torch operators:

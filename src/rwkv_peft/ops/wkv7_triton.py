@@ -1,12 +1,11 @@
 """The "triton" backend: WKV-7 in chunks, with this project's own Triton kernels.
 
-Why another kernel when fla has one: at the shapes fine-tuning runs (1.5B at ctx 1024: B x H = 32 heads of one
-sequence) fla's dozen kernels per layer are latency-bound, and fla keeps ~66 MB of intermediates per layer per 1K
-tokens for its backward. These kernels keep only each chunk's start state and its L^-1 (10 MiB per 1.5B layer per 1K
-tokens, in bf16), and the sequential walks over the chunks split every head's value rows over several programs (the
-rows of S never mix), so even one sequence fills more of the GPU. They launch on torch's current stream, so CUDA
-graphs capture them, and are torch operators (`_fwd`, `_bwd`), so torch.compile traces them into the caller's graph
-without a break.
+Why another kernel when fla has one: at the shapes fine-tuning runs (1.5B at ctx 1024: B x H = 32 heads of one sequence)
+fla's dozen kernels per layer are latency-bound, and fla keeps ~66 MB of intermediates per layer per 1K tokens for its
+backward. These kernels keep each chunk's start state, its L^-1 and its A and Q (22.25 MiB per 1.5B layer per 1K tokens,
+mostly bf16), and the sequential walks over the chunks split every head's value rows over several programs (the rows of
+S never mix), so even one sequence fills more of the GPU. They launch on torch's current stream, so CUDA graphs capture
+them, and are torch operators (`_fwd`, `_bwd`), so torch.compile traces them into the caller's graph without a break.
 
 The math, per head and chunk of C tokens (shapes [C, N] unless noted; S is [N(value), N(key)]; the same
 function as `wkv7_chunked`, whose docstring derives it). With g = cumsum(log w) inside the chunk, g' = g - log w
@@ -24,8 +23,8 @@ M is computed as one product of decayed factors, (x e^{g_x - gC/2}) (y e^{gC/2 -
 
 The kernels:
 - prep, per chunk (all chunks in parallel): what does not depend on the chunk's start state, so that each walk
-  does one small product per chunk (`_prep_kernel`); run again in backward for A and Q rather than keep them
-  (24 MiB per 1.5B layer per 1K tokens), but from the forward's L^-1 (2 MiB, `KEEP_INVERSE`);
+  does one small product per chunk (`_prep_kernel`); A and Q are kept for the backward walk (12.25 MiB per 1.5B
+  layer per 1K tokens, `KEEP_PREP`) and L^-1 for the per-chunk backward (2 MiB, `KEEP_INVERSE`);
 - forward walk: per (head, block of value rows), over the chunks: stores Y and each chunk's start state S0;
 - backward walk: the same, back: dS0 = dY^T r e^g + dS1 e^gC + drhs^T a e^g' with drhs = L^-T (M_rb^T dY +
   b e^{gC-g} dS1^T); stores each chunk's end-state gradient dS1 and returns dS0 of the first chunk (the initial
@@ -38,17 +37,16 @@ The kernels:
 RWKV-7's model passes its own terms (`ops.wkv7_terms`: w_raw, kk, iclr) and the kernels form log w, a and b as they
 load a chunk (`_load_decay_ab`), so that backward keeps tensors the model's compiled graph keeps anyway.
 
-Measured on an H200, GPU time per layer, forward + backward: 0.316 ms at B=1, T=1024, H=32 and 7.85 ms at B=8,
-T=4096 with the kept inverse, 0.343 and 8.77 without (bench/results/2026-12-04-h200-session23.md); fla 0.340 and
-7.43 (sessions 13, 16); the stable inverse (session 19) cost 2-3% of the time: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms
-in one run. In session 13's trainer at 1.5B LoRA ctx 1024 it was 2.3% faster than fla with 2.15 GiB less (34.2
-against 33.4 Kt/s); 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp in 76 GiB (37.7% MFU, session 15), where fla
-would need ~60 GiB more (32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
+Measured on an H200, GPU time per layer, forward + backward: 0.278 ms at B=1, T=1024, H=32 and 7.28 ms at B=8, T=4096
+with A and Q kept, 0.312 and 7.80 without (session 27); with the kept inverse 0.316 and 7.85, 0.343 and 8.77 without it
+(bench/results/2026-12-04-h200-session23.md); fla 0.340 and 7.43 (sessions 13, 16); the stable inverse (session 19) cost
+2-3% of the time: 0.327 -> 0.334 ms and 8.01 -> 8.25 ms in one run. In session 13's trainer at 1.5B LoRA ctx 1024 it was
+2.3% faster than fla with 2.15 GiB less (34.2 against 33.4 Kt/s); 1.5B LoRA at ctx 4096 x 8 trains without --grad_cp in
+76 GiB (37.7% MFU, session 15), where fla would need ~60 GiB more (32 x the 1.9 GiB it keeps beyond ours at ctx 1024).
 "auto" runs RWKV-7's model on them (`auto_runs_terms`) since session 22: at 1.5B ctx 1024 on an H200 the trainer ran
-LoRA at 36.14 Kt/s in 6.84 GiB (nvidia-smi peak) against fla's 34.26 in 9.43, State tuning 46.83 / 5.66 against
-42.30 / 7.97, and they need no first-use autotuning (fla's took ~300 s): bench/results/2026-12-04-h200-session22.md.
-Plain `ops.wkv7` under "auto" (no terms: other callers) keeps fla.
-"""
+LoRA at 36.14 Kt/s in 6.84 GiB (nvidia-smi peak) against fla's 34.26 in 9.43, State tuning 46.83 / 5.66 against 42.30 /
+7.97, and they need no first-use autotuning (fla's took ~300 s): bench/results/2026-12-04-h200-session22.md. Plain
+`ops.wkv7` under "auto" (no terms: other callers) keeps fla."""
 
 from functools import cache
 from typing import Optional
@@ -90,6 +88,15 @@ LOW_PRECISION = dict(chunk=True, prep=True)
 # bf16 when every product it enters rounds it to bf16 anyway (LOW_PRECISION), so backward's numbers are the same
 # either way; 2 MiB per 1.5B layer per 1K tokens.
 KEEP_INVERSE = True
+# The forward's prep also keeps what the backward walk reads, each chunk's A and Q (`_prep_kernel`), so that backward
+# runs no prep. A is kept as its diagonal e^gC in fp32 (decays near 1 to the chunk's power: bf16's 3 digits would
+# compound over the walk) and the rest, W^T b_d, in bf16 with Q (`KEPT_BF16`, under LOW_PRECISION's bf16 prep);
+# backward's prep, when it runs, makes the same, so backward's numbers do not depend on KEEP_PREP. 12.25 MiB per
+# 1.5B layer per 1K tokens (24.25 in fp32). H200, same call: the kernels 0.312 -> 0.278 ms per layer at 1 x 1024 x 32,
+# 7.80 -> 7.28 at 8 x 4096; the trainer at 1.5B LoRA ctx 1024 37.82-37.87 -> 39.02-39.04 Kt/s, smi peak 6.60-6.64 ->
+# 6.88 GiB; the initial state's gradient 7.3e-4 -> 1.8e-3 from the fp32 reference (fla's 1.8e-3; session 27).
+KEEP_PREP = True
+KEPT_BF16 = True
 
 
 @cache
@@ -190,9 +197,9 @@ if triton is not None:
         return g, g - lw, gC, gC * 0.5
 
     @triton.jit
-    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, linv_ptr, T, NT,
-                     H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr, FWD: tl.constexpr,
-                     LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr):
+    def _prep_kernel(r_ptr, lw_ptr, k_ptr, v_ptr, a_ptr, b_ptr, diag_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr,
+                     linv_ptr, T, NT, H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, LOG_C: tl.constexpr,
+                     FWD: tl.constexpr, LOWP: tl.constexpr, TERMS: tl.constexpr, KEEP_INV: tl.constexpr):
         """Grid (NT, B * H): everything of a chunk that does not depend on its start state S0, so that the walks
         over the chunks do one small product per chunk on their critical path:
             S1 = S0 A + Sv,   Y = Q S0^T + Yv                     (forward)
@@ -200,7 +207,9 @@ if triton is not None:
         With W = L^-1 (a e^g'), SAv = L^-1 M_ak V (so that SA = W S0^T + SAv) and the end decays
         b_d = b e^{gC-g}, k_d = k e^{gC-g}:
             A = diag(e^gC) + W^T b_d,   Sv = SAv^T b_d + V^T k_d,   Q = r e^g + M_rb W,   Yv = M_rb SAv + M_rk V.
-        Outputs fp32: trans (A) and sv [B * H, NT, N, N]; q and yv [B * H, NT, C, N]. FWD=False: A and Q only.
+        Outputs: A as diag [B * H, NT, N] fp32, its diagonal e^gC, and trans [B * H, NT, N, N], the rest
+        W^T b_d; Q as q [B * H, NT, C, N] (those two `_kept_dtype`: the forward may keep all three for backward's
+        walk, `KEEP_PREP`); FWD: sv [B * H, NT, N, N] and yv [B * H, NT, C, N] fp32 too.
         KEEP_INV: the forward stores L^-1 in linv [B * H, NT, C, C] and backward loads it (`KEEP_INVERSE`).
         LOWP: bf16 operands in every product but L's inverse. TERMS: see `_load_decay_ab`."""
         c, bh = tl.program_id(0), tl.program_id(1)
@@ -225,11 +234,11 @@ if triton is not None:
         W = _mm(Linv, a * tl.exp(gp), LOWP)
         tail = tl.exp(gC[None, :] - g)
         b_d = b * tail
-        diag = cols[:, None] == cols[None, :]
         state_offs = (bh * NT + c) * N * N + cols[:, None] * N + cols[None, :]
-        tl.store(trans_ptr + state_offs, tl.where(diag, tl.exp(gC)[None, :], 0.0) + _mm(tl.trans(W), b_d, LOWP))
         offs = (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]
-        tl.store(q_ptr + offs, r * tl.exp(g) + _mm(M_rb, W, LOWP))
+        tl.store(diag_ptr + (bh * NT + c) * N + cols, tl.exp(gC))
+        tl.store(trans_ptr + state_offs, _mm(tl.trans(W), b_d, LOWP).to(trans_ptr.dtype.element_ty))
+        tl.store(q_ptr + offs, (r * tl.exp(g) + _mm(M_rb, W, LOWP)).to(q_ptr.dtype.element_ty))
         if FWD:
             k, _, _ = _load_chunk(k_ptr, c, T, rows, cols, ib, ih, H, N, C)
             v, _, _ = _load_chunk(v_ptr, c, T, rows, cols, ib, ih, H, N, C)
@@ -241,23 +250,26 @@ if triton is not None:
             tl.store(yv_ptr + offs, _mm(M_rb, SAv, LOWP) + _mm(M_rk, v, LOWP))
 
     @triton.jit
-    def _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, c, NT, rows, cols, vcols, state_offs, N: tl.constexpr,
-                   C: tl.constexpr):
-        """What the forward walk reads for chunk c: A [N, N], Sv [BV, N], Q [C, N], Yv [C, BV]."""
+    def _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, c, NT, rows, cols, vcols, state_offs,
+                   N: tl.constexpr, C: tl.constexpr):
+        """What the forward walk reads for chunk c, as fp32: A's diagonal [N] and the rest of A [N, N], Sv [BV, N],
+        Q [C, N], Yv [C, BV]."""
         chunk_states = (bh * NT + c) * N * N
         prep = (bh * NT + c) * C * N + rows[:, None] * N
-        return (tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :]),
-                tl.load(sv_ptr + chunk_states + state_offs), tl.load(q_ptr + prep + cols[None, :]),
+        return (tl.load(diag_ptr + (bh * NT + c) * N + cols),
+                tl.load(trans_ptr + chunk_states + cols[:, None] * N + cols[None, :]).to(tl.float32),
+                tl.load(sv_ptr + chunk_states + state_offs), tl.load(q_ptr + prep + cols[None, :]).to(tl.float32),
                 tl.load(yv_ptr + prep + vcols[None, :]))
 
     @triton.jit
-    def _fwd_kernel(v_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
+    def _fwd_kernel(v_ptr, diag_ptr, trans_ptr, q_ptr, sv_ptr, yv_ptr, s0_ptr, y_ptr, states_ptr, sT_ptr, T, NT,
                     H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr,
                     PREFETCH: tl.constexpr):
         """Grid (N // BV, B * H): the walk over the chunks, value rows vcols of one head:
-        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`). States [B, H, NT, N, N] get each chunk's start
-        state (`_state_dtype`); sT the final one. PREFETCH issues the next chunk's loads
-        before this chunk's products, so that their latency overlaps the step's work on the critical path."""
+        Y = Q S0^T + Yv and S1 = S0 A + Sv (`_prep_kernel`; S0 A = S0 diag(e^gC) + S0 (W^T b_d)). States
+        [B, H, NT, N, N] get each chunk's start state (`_state_dtype`); sT the final one. PREFETCH issues the next
+        chunk's loads before this chunk's products, so that their latency overlaps the step's work on the critical
+        path."""
         iv, bh = tl.program_id(0), tl.program_id(1)
         ib, ih = bh // H, bh % H
         rows, cols = tl.arange(0, C), tl.arange(0, N)
@@ -267,36 +279,42 @@ if triton is not None:
             S = tl.load(s0_ptr + bh * N * N + state_offs)
         else:
             S = tl.zeros([BV, N], dtype=tl.float32)
-        A, Sv, Q, Yv = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, 0, NT, rows, cols, vcols, state_offs, N, C)
+        D, A, Sv, Q, Yv = _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, 0, NT, rows, cols, vcols,
+                                     state_offs, N, C)
         for c in range(NT):
             nc = tl.minimum(c + 1, NT - 1)  # the last chunk reads itself again: in bounds, and unused
             if PREFETCH:
-                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols, state_offs, N, C)
+                nxt = _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols,
+                                 state_offs, N, C)
             tl.store(states_ptr + (bh * NT + c) * N * N + state_offs, S.to(states_ptr.dtype.element_ty))
             t = c * C + rows
             y_offs = ((ib * T + t) * H + ih)[:, None] * N + vcols[None, :]
             y = tl.dot(Q, tl.trans(S)) + Yv
             tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=(t < T)[:, None])
-            S = tl.dot(S, A) + Sv
+            S = S * D[None, :] + tl.dot(S, A) + Sv
             if not PREFETCH:
-                nxt = _fwd_loads(trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols, state_offs, N, C)
-            A, Sv, Q, Yv = nxt
+                nxt = _fwd_loads(diag_ptr, trans_ptr, sv_ptr, q_ptr, yv_ptr, bh, nc, NT, rows, cols, vcols,
+                                 state_offs, N, C)
+            D, A, Sv, Q, Yv = nxt
         tl.store(sT_ptr + bh * N * N + state_offs, S)
 
     @triton.jit
-    def _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, c, T, NT, rows, cols, vcols, ib, ih, H: tl.constexpr,
+    def _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, c, T, NT, rows, cols, vcols, ib, ih, H: tl.constexpr,
                    N: tl.constexpr, C: tl.constexpr):
-        """What the backward walk reads for chunk c: A^T [N, N], Q [C, N], dY [C, BV]."""
-        At = tl.load(trans_ptr + (bh * NT + c) * N * N + cols[None, :] * N + cols[:, None])
-        Q = tl.load(q_ptr + (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :])
+        """What the backward walk reads for chunk c, as fp32: A's diagonal [N] and the rest of A^T [N, N], Q
+        [C, N], dY [C, BV]."""
+        D = tl.load(diag_ptr + (bh * NT + c) * N + cols)
+        At = tl.load(trans_ptr + (bh * NT + c) * N * N + cols[None, :] * N + cols[:, None]).to(tl.float32)
+        Q = tl.load(q_ptr + (bh * NT + c) * C * N + rows[:, None] * N + cols[None, :]).to(tl.float32)
         dy, _, _ = _load_chunk(dy_ptr, c, T, rows, vcols, ib, ih, H, N, C)
-        return At, Q, dy
+        return D, At, Q, dy
 
     @triton.jit
-    def _bwd_state_kernel(trans_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
+    def _bwd_state_kernel(diag_ptr, trans_ptr, q_ptr, dy_ptr, dsT_ptr, dstates_ptr, ds0_ptr, T, NT,
                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
                           HAS_DST: tl.constexpr, PREFETCH: tl.constexpr):
-        """Grid (N // BV, B * H): the walk back, dS0 = dS1 A^T + dY^T Q (`_prep_kernel`). dstates
+        """Grid (N // BV, B * H): the walk back, dS0 = dS1 A^T + dY^T Q (`_prep_kernel`; A as its diagonal and the
+        rest, which backward's walk reads: dS1 A^T = dS1 diag(e^gC) + dS1 (W^T b_d)^T). dstates
         [B, H, NT, N, N] gets the gradient of each chunk's end state; ds0 the initial state's. PREFETCH as in
         `_fwd_kernel`."""
         iv, bh = tl.program_id(0), tl.program_id(1)
@@ -308,17 +326,20 @@ if triton is not None:
             dS = tl.load(dsT_ptr + bh * N * N + state_offs)
         else:
             dS = tl.zeros([BV, N], dtype=tl.float32)
-        At, Q, dy = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih, H, N, C)
+        D, At, Q, dy = _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, NT - 1, T, NT, rows, cols, vcols, ib, ih,
+                                  H, N, C)
         for i in range(NT):
             c = NT - 1 - i
             nc = tl.maximum(c - 1, 0)  # the first chunk reads itself again: in bounds, and unused
             if PREFETCH:
-                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N, C)
+                nxt = _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
+                                 C)
             tl.store(dstates_ptr + (bh * NT + c) * N * N + state_offs, dS)
-            dS = tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
+            dS = dS * D[None, :] + tl.dot(dS, At) + tl.dot(tl.trans(dy), Q)
             if not PREFETCH:
-                nxt = _bwd_loads(trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N, C)
-            At, Q, dy = nxt
+                nxt = _bwd_loads(diag_ptr, trans_ptr, q_ptr, dy_ptr, bh, nc, T, NT, rows, cols, vcols, ib, ih, H, N,
+                                 C)
+            D, At, Q, dy = nxt
         tl.store(ds0_ptr + bh * N * N + state_offs, dS)
 
     @triton.jit
@@ -457,16 +478,23 @@ def _sizes(N: int) -> dict:
 
 
 def _prep(r, log_w, k, v, a, b, linv: Tensor, NT: int, fwd: bool, terms: bool) -> list[Tensor]:
-    """A, Q (and with fwd Sv, Yv) of every chunk: `_prep_kernel`. linv: L^-1 of every chunk, written by the
-    forward and read by backward (`_inverse_shape`; empty: not kept)."""
+    """`_prep_kernel` on every chunk: A (its diagonal and the rest) and Q (`_prep_shapes`), and with fwd Sv and Yv.
+    linv: L^-1 of every chunk, written by the forward and read by backward (`_inverse_shape`; empty: not kept)."""
     B, T, H, N = r.shape
-    f32 = dict(dtype=torch.float32, device=r.device)
-    A, Q = torch.empty(B * H, NT, N, N, **f32), torch.empty(B * H, NT, CHUNK, N, **f32)
-    Sv, Yv = (torch.empty_like(A), torch.empty_like(Q)) if fwd else (A, Q)
-    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, A, Q, Sv, Yv, linv, T, NT, H=H, FWD=fwd,
+    D, A, Q = (torch.empty(shape, dtype=dtype, device=r.device) for shape, dtype in _prep_shapes(B, H, NT, N))
+    Sv, Yv = (torch.empty_like(A, dtype=torch.float32), torch.empty_like(Q, dtype=torch.float32)) if fwd else (A, Q)
+    _prep_kernel[(NT, B * H)](r, log_w, k, v, a, b, D, A, Q, Sv, Yv, linv, T, NT, H=H, FWD=fwd,
                               LOWP=LOW_PRECISION["prep"], TERMS=terms, KEEP_INV=linv.numel() > 0,
                               num_warps=WARPS["prep"], **_sizes(N))
-    return [A, Q, Sv, Yv] if fwd else [A, Q]
+    return [D, A, Q, Sv, Yv] if fwd else [D, A, Q]
+
+
+def _prep_shapes(B: int, H: int, NT: int, N: int, kept: bool = True) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of A's diagonal, the rest of A, and Q (`_prep_kernel`); with kept=False, (0,) each: what
+    `_fwd` returns for them without `KEEP_PREP`."""
+    kept_dtype = torch.bfloat16 if KEPT_BF16 and LOW_PRECISION["prep"] else torch.float32
+    shapes = [(B * H, NT, N), (B * H, NT, N, N), (B * H, NT, CHUNK, N)] if kept else [(0,)] * 3
+    return list(zip(shapes, (torch.float32, kept_dtype, kept_dtype)))
 
 
 def _state_dtype() -> torch.dtype:
@@ -492,23 +520,26 @@ def _inverse_dtype() -> torch.dtype:
 # crosses a graph break.
 @torch.library.custom_op("rwkv_peft::wkv7_triton_fwd", mutates_args=())
 def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s0: Optional[Tensor],
-         terms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+         terms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(r, log w, k, v, a, b) or with `terms` (r, w_raw, k, v, kk, iclr): `_load_decay_ab`. All [B, T, H, N],
     contiguous; s0 [B or 1, H, N, N] or None. Returns y [B, T, H, N], the final state sT [B, H, N, N] fp32, and
-    for backward the chunks' start states [B, H, NT, N, N] (`_state_dtype`) and their L^-1 (`_inverse_shape`)."""
+    for backward the chunks' start states [B, H, NT, N, N] (`_state_dtype`), their L^-1 (`_inverse_shape`) and
+    what the backward walk reads (`_kept_shapes`)."""
     B, T, H, N = r.shape
     NT = triton.cdiv(T, CHUNK)
     linv = r.new_empty(_inverse_shape(B, H, NT), dtype=_inverse_dtype())
-    A, Q, Sv, Yv = _prep(r, decay, k, v, a, b, linv, NT, fwd=True, terms=terms)
+    D, A, Q, Sv, Yv = _prep(r, decay, k, v, a, b, linv, NT, fwd=True, terms=terms)
     y = torch.empty_like(r)
     states = torch.empty(B, H, NT, N, N, dtype=_state_dtype(), device=r.device)
     sT = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
     s0_arg = sT if s0 is None else s0.float().expand(B, -1, -1, -1).contiguous()
-    _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
+    _fwd_kernel[(N // VALUE_BLOCK, B * H)](v, D, A, Q, Sv, Yv, s0_arg, y, states, sT, T, NT, H=H, N=N, C=CHUNK,
                                           BV=VALUE_BLOCK, HAS_S0=s0 is not None,
                                           PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                           num_warps=WARPS["fwd"], num_stages=STAGES)
-    return y, sT, states, linv
+    kept = (D, A, Q) if KEEP_PREP else (r.new_empty(shape, dtype=dtype) for shape, dtype in _prep_shapes(0, 0, 0, 0,
+                                                                                                         False))
+    return y, sT, states, linv, *kept
 
 
 @_fwd.register_fake
@@ -517,7 +548,8 @@ def _(r, decay, k, v, a, b, s0, terms):
     NT = -(-T // CHUNK)
     return (torch.empty_like(r), r.new_empty(B, H, N, N, dtype=torch.float32),
             r.new_empty(B, H, NT, N, N, dtype=_state_dtype()), r.new_empty(_inverse_shape(B, H, NT),
-                                                                            dtype=_inverse_dtype()))
+                                                                            dtype=_inverse_dtype()),
+            *(r.new_empty(shape, dtype=dtype) for shape, dtype in _prep_shapes(B, H, NT, N, KEEP_PREP)))
 
 
 def forward_flops(B: int, T: int, H: int, N: int, C: int = CHUNK) -> int:
@@ -539,22 +571,24 @@ def _fwd_flops(r_shape, *args, **kwargs) -> int:
 
 @torch.library.custom_op("rwkv_peft::wkv7_triton_bwd", mutates_args=())
 def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, states: Tensor, linv: Tensor,
-         dy: Tensor, dsT: Optional[Tensor], terms: bool
+         kept_diag: Tensor, kept_rest: Tensor, kept_q: Tensor, dy: Tensor, dsT: Optional[Tensor], terms: bool
          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `_fwd`'s inputs (r, decay, k, v, a, b, and the start state's [B, H, N, N] fp32) from dy and
-    dsT (None: zero); states and linv as `_fwd` returned them."""
+    dsT (None: zero); states, linv and A and Q as `_fwd` returned them (those empty: the prep runs again)."""
     B, T, H, N = r.shape
     NT = states.shape[2]
-    A, Q = _prep(r, decay, k, v, a, b, linv, NT, fwd=False, terms=terms)
+    D, A, Q = (kept_diag, kept_rest, kept_q) if kept_diag.numel() else _prep(r, decay, k, v, a, b, linv, NT, False,
+                                                                             terms)
     dy = dy.contiguous()
     dstates = torch.empty_like(states, dtype=torch.float32)
     ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
     dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
-    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N,
+    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](D, A, Q, dy, dsT_arg, dstates, ds0, T, NT,
+                                                H=H, N=N,
                                                 C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
                                                 PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                                 num_warps=WARPS["state"], num_stages=STAGES)
-    del A, Q
+    del D, A, Q, kept_diag, kept_rest, kept_q   # (the kept ones still live in autograd's saved tensors)
     dr, ddecay, dk, dv, da, db = (torch.empty_like(x) for x in (r, decay, k, v, a, b))
     # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
     lowp = LOW_PRECISION["chunk"]
@@ -570,28 +604,27 @@ def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
 
 
 @_bwd.register_fake
-def _(r, decay, k, v, a, b, states, linv, dy, dsT, terms):
+def _(r, decay, k, v, a, b, states, linv, kept_diag, kept_rest, kept_q, dy, dsT, terms):
     B, T, H, N = r.shape
     return (*(torch.empty_like(x) for x in (r, decay, k, v, a, b)), r.new_empty(B, H, N, N, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
     r, decay, k, v, a, b, s0, terms = inputs
-    states, linv = output[2:]
-    ctx.save_for_backward(r, decay, k, v, a, b, states, linv)
+    kept = output[2:]   # states, linv, and A and Q (`_prep_shapes`)
+    ctx.save_for_backward(r, decay, k, v, a, b, *kept)
     ctx.terms = terms
     ctx.s0_batch = None if s0 is None else s0.shape[0]
-    ctx.mark_non_differentiable(states, linv)
+    ctx.mark_non_differentiable(*kept)
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no [B, H, N, N] of zeros
 
 
 def _backward(ctx, dy, dsT, *_):
-    r, decay, k, v, a, b, states, linv = ctx.saved_tensors
-    dy = torch.zeros_like(r) if dy is None else dy
-    *grads, ds0 = _bwd(r, decay, k, v, a, b, states, linv, dy, dsT, ctx.terms)
+    dy = torch.zeros_like(ctx.saved_tensors[0]) if dy is None else dy
+    *grads, ds0 = _bwd(*ctx.saved_tensors, dy, dsT, ctx.terms)
     dstate = None
     if ctx.s0_batch is not None:
-        dstate = ds0 if ctx.s0_batch == r.shape[0] else ds0.sum(0, keepdim=True)
+        dstate = ds0 if ctx.s0_batch == dy.shape[0] else ds0.sum(0, keepdim=True)
     return *grads, dstate, None
 
 
