@@ -208,8 +208,8 @@ if triton is not None:
         b_d = b e^{gC-g}, k_d = k e^{gC-g}:
             A = diag(e^gC) + W^T b_d,   Sv = SAv^T b_d + V^T k_d,   Q = r e^g + M_rb W,   Yv = M_rb SAv + M_rk V.
         Outputs: A as diag [B * H, NT, N] fp32, its diagonal e^gC, and trans [B * H, NT, N, N], the rest
-        W^T b_d; Q as q [B * H, NT, C, N] (those two `_kept_dtype`: the forward may keep all three for backward's
-        walk, `KEEP_PREP`); FWD: sv [B * H, NT, N, N] and yv [B * H, NT, C, N] fp32 too.
+        W^T b_d; Q as q [B * H, NT, C, N] (`_prep_shapes`: the forward may keep all three for backward's walk,
+        `KEEP_PREP`); FWD: sv [B * H, NT, N, N] and yv [B * H, NT, C, N] fp32 too.
         KEEP_INV: the forward stores L^-1 in linv [B * H, NT, C, C] and backward loads it (`KEEP_INVERSE`).
         LOWP: bf16 operands in every product but L's inverse. TERMS: see `_load_decay_ab`."""
         c, bh = tl.program_id(0), tl.program_id(1)
@@ -524,7 +524,7 @@ def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     """(r, log w, k, v, a, b) or with `terms` (r, w_raw, k, v, kk, iclr): `_load_decay_ab`. All [B, T, H, N],
     contiguous; s0 [B or 1, H, N, N] or None. Returns y [B, T, H, N], the final state sT [B, H, N, N] fp32, and
     for backward the chunks' start states [B, H, NT, N, N] (`_state_dtype`), their L^-1 (`_inverse_shape`) and
-    what the backward walk reads (`_kept_shapes`)."""
+    what the backward walk reads (A and Q, `_prep_shapes`; empty without `KEEP_PREP`)."""
     B, T, H, N = r.shape
     NT = triton.cdiv(T, CHUNK)
     linv = r.new_empty(_inverse_shape(B, H, NT), dtype=_inverse_dtype())
@@ -537,8 +537,7 @@ def _fwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
                                           BV=VALUE_BLOCK, HAS_S0=s0 is not None,
                                           PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                           num_warps=WARPS["fwd"], num_stages=STAGES)
-    kept = (D, A, Q) if KEEP_PREP else (r.new_empty(shape, dtype=dtype) for shape, dtype in _prep_shapes(0, 0, 0, 0,
-                                                                                                         False))
+    kept = (D, A, Q) if KEEP_PREP else (x.new_empty(0) for x in (D, A, Q))
     return y, sT, states, linv, *kept
 
 
@@ -583,12 +582,11 @@ def _bwd(r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     dstates = torch.empty_like(states, dtype=torch.float32)
     ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device)
     dsT_arg = ds0 if dsT is None else dsT.float().contiguous()
-    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](D, A, Q, dy, dsT_arg, dstates, ds0, T, NT,
-                                                H=H, N=N,
-                                                C=CHUNK, BV=VALUE_BLOCK, HAS_DST=dsT is not None,
+    _bwd_state_kernel[(N // VALUE_BLOCK, B * H)](D, A, Q, dy, dsT_arg, dstates, ds0, T, NT, H=H, N=N, C=CHUNK,
+                                                BV=VALUE_BLOCK, HAS_DST=dsT is not None,
                                                 PREFETCH=_prefetch(N // VALUE_BLOCK * B * H, r.device),
                                                 num_warps=WARPS["state"], num_stages=STAGES)
-    del D, A, Q, kept_diag, kept_rest, kept_q   # (the kept ones still live in autograd's saved tensors)
+    del D, A, Q, kept_diag, kept_rest, kept_q   # frees them when the prep ran here (kept ones stay saved)
     dr, ddecay, dk, dv, da, db = (torch.empty_like(x) for x in (r, decay, k, v, a, b))
     # SA and drhs, like the kept states, enter only bf16 products when the products are bf16: stored as those.
     lowp = LOW_PRECISION["chunk"]
